@@ -1,0 +1,136 @@
+"""Denoising models: R1's U-Net (with the knobs its studies turned) and digitlab's own denoiser.
+
+Every denoise model maps noisy (B,1,28,28) in [0,1] to `(clean (B,1,28,28) in [0,1], kind_logits (B,6))`.
+R1's report asks the model to say which noise it saw, but its U-Net has no output for that; `unet_r1`
+therefore carries a tiny linear head (global average of the bottleneck -> 6 logits, 1,542
+parameters at the default widths) so both models are scored on the same task. `kind_head=false`
+drops it; the task then reports no kind accuracy for that model (logits are all zero).
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+from digitlab.errors import DigitlabError
+from digitlab.models.layers import make_activation
+from digitlab.models.registry import register
+
+NUM_KINDS = 6
+SKIPS = ("concat", "add", "none")
+
+
+def double_conv(cin: int, cout: int, act: str, batchnorm: bool) -> nn.Sequential:
+    """R1's stage: two 3x3 convs (padding 1), each followed by BatchNorm (optional) and the activation."""
+    layers: list[nn.Module] = []
+    for c_in in (cin, cout):
+        layers.append(nn.Conv2d(c_in, cout, 3, padding=1, bias=not batchnorm))
+        if batchnorm:
+            layers.append(nn.BatchNorm2d(cout))
+        layers.append(make_activation(act))
+    return nn.Sequential(*layers)
+
+
+class UNet(nn.Module):
+    """Encoder stages `widths` (2x2 max-pool between), bottleneck, transposed-conv (k2 s2) decoder.
+
+    skip: "concat" (R1), "add" or "none". bottleneck: 0 = no bottleneck stage (the deepest encoder
+    stage feeds the decoder directly, R1's ablation). residual: predict the noise r and return
+    clip(x - r) instead of Sigmoid(conv(features)). head: "bottleneck" (pooled bottleneck -> linear),
+    "multi" (pooled first stage + bottleneck -> small MLP) or "none".
+    """
+
+    def __init__(self, widths=(64, 128), bottleneck: int = 256, skip: str = "concat",
+                 batchnorm: bool = True, activation: str = "relu", residual: bool = False,
+                 head: str = "bottleneck", head_hidden: int = 64):
+        super().__init__()
+        widths = [int(w) for w in widths]
+        if not widths or any(w < 1 for w in widths):
+            raise DigitlabError(f"widths {widths} must be a non-empty list of positive channel counts",
+                                "write model_args.widths=[64,128]")
+        if skip not in SKIPS:
+            raise DigitlabError(f"unknown skip type {skip!r}", f"use one of: {', '.join(SKIPS)}")
+        if head not in ("bottleneck", "multi", "none"):
+            raise DigitlabError(f"unknown kind head {head!r}", "use bottleneck, multi or none")
+        self.skip, self.residual, self.head_kind = skip, residual, head
+        self.down = nn.ModuleList()
+        cin = 1
+        for w in widths:
+            self.down.append(double_conv(cin, w, activation, batchnorm))
+            cin = w
+        self.pool = nn.MaxPool2d(2)
+        deep = cin
+        self.bottleneck = double_conv(deep, bottleneck, activation, batchnorm) if bottleneck else None
+        deep_out = bottleneck or deep
+        # With no bottleneck the deepest encoder stage is not pooled: the decoder starts one level up.
+        levels = widths if bottleneck else widths[:-1]
+        self.up, self.dec = nn.ModuleList(), nn.ModuleList()
+        cin = deep_out
+        for w in reversed(levels):
+            self.up.append(nn.ConvTranspose2d(cin, w, 2, stride=2))
+            self.dec.append(double_conv(2 * w if skip == "concat" else w, w, activation, batchnorm))
+            cin = w
+        self.out = nn.Conv2d(cin, 1, 1)
+        self.levels = len(levels)
+        if head == "bottleneck":
+            self.kind = nn.Linear(deep_out, NUM_KINDS)
+        elif head == "multi":
+            self.kind = nn.Sequential(nn.Linear(2 * widths[0] + 2 * deep_out, head_hidden),
+                                      make_activation(activation), nn.Linear(head_hidden, NUM_KINDS))
+        else:
+            self.kind = None
+
+    def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        skips = []
+        h = x
+        for i, stage in enumerate(self.down):
+            h = stage(h)
+            if self.bottleneck is not None or i < len(self.down) - 1:
+                skips.append(h)
+                h = self.pool(h)
+        first = skips[0] if skips else h
+        if self.bottleneck is not None:
+            h = self.bottleneck(h)
+        deep = h
+        for up, dec, s in zip(self.up, self.dec, reversed(skips[: self.levels])):
+            h = _match(up(h), s)
+            if self.skip == "concat":
+                h = torch.cat([h, s], 1)
+            elif self.skip == "add":
+                h = h + s
+            h = dec(h)
+        y = self.out(h)
+        clean = (x - y).clamp(0, 1) if self.residual else torch.sigmoid(y)
+        return clean, self._kind_logits(first, deep, x)
+
+    def _kind_logits(self, first: torch.Tensor, deep: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
+        if self.kind is None:
+            return x.new_zeros(x.shape[0], NUM_KINDS)
+        if self.head_kind == "bottleneck":
+            return self.kind(deep.mean((2, 3)))
+        # mean and max of the full-resolution features see isolated impulses the pooled bottleneck blurs.
+        feats = [first.mean((2, 3)), first.amax((2, 3)), deep.mean((2, 3)), deep.amax((2, 3))]
+        return self.kind(torch.cat(feats, 1))
+
+
+def _match(h: torch.Tensor, ref: torch.Tensor) -> torch.Tensor:
+    """Pad the upsampled map to the skip's size (7 -> 3 -> 6 vs 7 when a third pool floors)."""
+    dh, dw = ref.shape[2] - h.shape[2], ref.shape[3] - h.shape[3]
+    return F.pad(h, (0, dw, 0, dh)) if dh or dw else h
+
+
+@register("unet_r1", task="denoise")
+def unet_r1(widths=(64, 128), bottleneck: int = 256, skip: str = "concat", batchnorm: bool = True,
+            activation: str = "relu", kind_head: bool = True) -> UNet:
+    """R1 exactly: [64,128] + 256, concat skips, BN, ReLU, Sigmoid (~1.17M) + a 1.5k linear kind head."""
+    return UNet(widths, bottleneck, skip, batchnorm, activation, residual=False,
+                head="bottleneck" if kind_head else "none")
+
+
+@register("denoiser", task="denoise")
+def denoiser(widths=(32, 64), bottleneck: int = 128, skip: str = "concat", batchnorm: bool = True,
+             activation: str = "relu", residual: bool = True, head: str = "multi") -> UNet:
+    """digitlab's own: a narrower U-Net (~0.47M) that predicts the noise (clean = clip(x - r)) and
+    names the kind from mean/max-pooled full-resolution and bottleneck features."""
+    return UNet(widths, bottleneck, skip, batchnorm, activation, residual=residual, head=head)

@@ -1,0 +1,146 @@
+"""Denoising: each image gets one of six noise kinds at a random strength, noised on the fly per
+batch; the model returns the clean image and the kind it saw.
+
+Split: the recognition split (55,000 train / 5,000 validation, seeded by split_seed) rather than
+R1's 90/10, so every task's validation images are the same and benchmarks.md's protocol holds.
+Validation noise is drawn once with a fixed seed (metrics compare across epochs); the test split
+is the frozen benchmark set of `digitlab bench denoise` (same noisy images, same hash).
+
+task_args: kind_weight (cross-entropy weight, default 0.05), l1_weight (extra L1 term, default 0),
+val_limit / test_limit (score only the first N images, for quick CPU studies; 0 = all).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+from digitlab import io
+from digitlab.config import TrainConfig
+from digitlab.data import mnist
+from digitlab.data.noise import NOISE_KINDS, sample_noise
+from digitlab.errors import DigitlabError
+from digitlab.models import registry
+from digitlab.tasks import denoise_eval as ev
+from digitlab.tasks.recognize import split_indices, to_float
+
+VAL_NOISE_SEED = 7_000_001
+TASK_ARGS = {"kind_weight": 0.05, "l1_weight": 0.0, "val_limit": 0, "test_limit": 0}
+
+
+class DenoiseTask:
+    name = "denoise"
+    primary_metric = "composite"   # R1's 0.5*PSNR + 0.5*SSIM*100
+    primary_mode = "max"
+
+    def setup(self, cfg: TrainConfig, device: torch.device) -> None:
+        unknown = set(cfg.task_args) - set(TASK_ARGS)
+        if unknown:
+            raise DigitlabError(f"unknown denoise task_args {sorted(unknown)}",
+                                f"use task_args.KEY with KEY one of: {', '.join(TASK_ARGS)}")
+        self.cfg, self.device = cfg, device
+        self.args = {**TASK_ARGS, **cfg.task_args}
+        images, _ = mnist.load_split("train", cfg.dataset, cfg.data_dir)
+        test_u8, _ = mnist.load_split("test", cfg.dataset, cfg.data_dir)
+        train_idx, val_idx = split_indices(len(images), cfg.val_size, cfg.split_seed)
+        if cfg.subset < 1.0:
+            train_idx = train_idx[: max(1, int(round(cfg.subset * len(train_idx))))]
+        self.train_u8 = images[train_idx].to(device)
+        val_clean = to_float(images[val_idx])
+        val = dict(zip(("noisy", "kinds", "strengths"), ev.noisy_set(val_clean, VAL_NOISE_SEED)), clean=val_clean)
+        self.sets = {"val": _limit(val, self.args["val_limit"]),
+                     "test": _limit(ev.frozen_test_set(test_u8), self.args["test_limit"])}
+        self._last = None
+
+    @property
+    def train_size(self) -> int:
+        return len(self.train_u8)
+
+    def build_model(self, cfg: TrainConfig) -> nn.Module:
+        if cfg.model not in registry.list_models("denoise"):
+            raise DigitlabError(f"model {cfg.model!r} is not a denoising model",
+                                f"use one of: {', '.join(registry.list_models('denoise'))}")
+        return registry.create(cfg.model, **cfg.model_kwargs())
+
+    def example_input(self) -> tuple[torch.Tensor]:
+        return (torch.zeros(1, 1, 28, 28),)
+
+    def train_batch(self, index: torch.Tensor, generator: torch.Generator) -> tuple:
+        clean = to_float(self.train_u8[index])           # (B,1,28,28)
+        noisy, kinds, _ = sample_noise(clean, generator)  # one kind per image, s ~ U[0,1]
+        return noisy, clean, kinds
+
+    def step(self, model: nn.Module, batch: tuple) -> dict[str, torch.Tensor]:
+        noisy, clean, kinds = batch
+        out, logits = model(noisy)
+        mse = F.mse_loss(out.float(), clean)
+        loss = mse
+        if self.args["l1_weight"]:
+            loss = loss + self.args["l1_weight"] * F.l1_loss(out.float(), clean)
+        result = {"mse": mse.detach()}
+        if self.args["kind_weight"] and ev.has_kind_head(_unwrap(model)):
+            ce = F.cross_entropy(logits.float(), kinds)
+            loss = loss + self.args["kind_weight"] * ce
+            result["kind_acc"] = (logits.argmax(1) == kinds).float().mean()
+        return {"loss": loss, **result}
+
+    def evaluate(self, model: nn.Module, split: str) -> dict:
+        data = self.sets[split]
+        clean_hat, probs = ev.run_model(model, data["noisy"], self.cfg.eval_batch_size, self.device)
+        kind_pred = probs.argmax(1) if ev.has_kind_head(_unwrap(model)) else None
+        summary = ev.summarize(ev.per_image(clean_hat, data["clean"]), data["kinds"], data["strengths"], kind_pred)
+        self._last = (split, clean_hat, probs, summary)
+        if split == "val":  # keep history.jsonl small: per-kind tables only for the test split
+            return {k: v for k, v in summary.items() if isinstance(v, float)}
+        return {k: v for k, v in summary.items() if k != "n"}
+
+    def finish(self, model: nn.Module, run_dir: Path, test_metrics: dict) -> None:
+        from digitlab.report import figures
+
+        data = self.sets["test"]
+        if self._last is not None and self._last[0] == "test":
+            _, clean_hat, probs, summary = self._last
+        else:
+            clean_hat, probs = ev.run_model(model, data["noisy"], self.cfg.eval_batch_size, self.device)
+            summary = None
+        has_kind = ev.has_kind_head(_unwrap(model))
+        if summary is None:
+            summary = ev.summarize(ev.per_image(clean_hat, data["clean"]), data["kinds"], data["strengths"],
+                                   probs.argmax(1) if has_kind else None)
+        out = run_dir / "figures"
+        n = min(8, len(clean_hat))
+        titles = []
+        for i in range(n):
+            true = NOISE_KINDS[int(data["kinds"][i])]
+            t = f"{true} s={float(data['strengths'][i]):.2f}"
+            if has_kind:
+                k = int(probs[i].argmax())
+                t += f"\nid: {NOISE_KINDS[k]} ({float(probs[i, k]):.2f})"
+            titles.append(t)
+        figures.plot_image_rows([("noisy", data["noisy"][:n]), ("denoised", clean_hat[:n]), ("clean", data["clean"][:n])],
+                                out / "examples.png", col_titles=titles,
+                                suptitle="First 8 test images: noisy / denoised / clean (true kind, identified kind)")
+        err = (clean_hat - data["clean"]).abs().mean((0, 1))  # (28,28)
+        figures.plot_heatmap(err.numpy(), out / "error_heatmap.png",
+                             title=f"Mean absolute error per pixel ({len(clean_hat)} test images)",
+                             colorbar_label="mean |denoised - clean|")
+        if has_kind:
+            figures.plot_confusion(summary["kind_confusion"], out / "kind_confusion.png",
+                                   class_names=list(NOISE_KINDS), title="Noise kind identification (test)")
+        io.write_json(run_dir / "denoise_table.json", summary)
+        io.write_text(run_dir / "denoise_table.md",
+                      ev.table_markdown(summary, f"Denoising test results ({self.cfg.model}, {summary['n']} images)"))
+
+
+def _limit(data: dict, n: int) -> dict:
+    return {k: (v[:n] if n and isinstance(v, torch.Tensor) else v) for k, v in data.items()}
+
+
+def _unwrap(model: nn.Module) -> nn.Module:
+    """The bare model under DDP / torch.compile wrappers."""
+    for attr in ("module", "_orig_mod"):
+        model = getattr(model, attr, model)
+    return model
