@@ -1,0 +1,263 @@
+"""Pair comparison: two images in, one logit "same digit?" out; BCE, accuracy, ROC-AUC, EER.
+
+Protocols (benchmarks.md):
+  small  R5's: 6,000 training images (from the 55,000 recognition train split), 1,000 test
+         images, each chosen once by `subset_seed` and cached; 4,000 fixed test pairs.
+  full   all 55,000 training images; 20,000 fixed test pairs from the 10,000 test images.
+Model selection needs validation pairs the test never sees: they come from the recognition
+validation split (1,000 images / 4,000 pairs for small, 5,000 / 10,000 for full).
+
+An epoch is `pairs_per_epoch` pairs drawn on the fly; the loop's permutation indexes them and
+positions below half are "same" pairs, so every epoch is exactly balanced.
+
+Primary metric: validation accuracy at 0.5. AUC is threshold-free but saturates above 0.999 on
+this task, where it stops ranking epochs; accuracy is also the number the targets are stated in.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+from digitlab.config import TrainConfig
+from digitlab.data import mnist
+from digitlab.data.augment import AugmentConfig, augment
+from digitlab.data.pairs import PairSampler, cached_subset, fixed_pairs
+from digitlab.errors import DigitlabError
+from digitlab.models import registry
+from digitlab.tasks.recognize import split_indices, to_float
+
+PROTOCOLS = {
+    "small": {"train_images": 6000, "val_images": 1000, "test_images": 1000, "val_pairs": 4000, "test_pairs": 4000},
+    "full": {"train_images": None, "val_images": None, "test_images": None, "val_pairs": 10000, "test_pairs": 20000},
+}
+TASK_ARGS = {"protocol": "small", "pairs_per_epoch": 12000, "subset_seed": 0, "pair_seed": 0,
+             "contrastive_weight": 0.0, "margin": 0.2, "oneshot_episodes": 1000,
+             "train_images": None, "val_images": None, "test_images": None, "val_pairs": None, "test_pairs": None}
+
+
+def task_options(cfg: TrainConfig) -> dict:
+    """task_args with the protocol's sizes filled in; unknown keys are an error."""
+    unknown = set(cfg.task_args) - set(TASK_ARGS)
+    if unknown:
+        raise DigitlabError(f"unknown compare task_args {sorted(unknown)}",
+                            f"use task_args.KEY with KEY in: {', '.join(TASK_ARGS)}")
+    opts = {**TASK_ARGS, **{k: v for k, v in cfg.task_args.items() if v is not None}}
+    if opts["protocol"] not in PROTOCOLS:
+        raise DigitlabError(f"unknown protocol {opts['protocol']!r}", "use --protocol small or --protocol full")
+    for key, value in PROTOCOLS[opts["protocol"]].items():
+        if cfg.task_args.get(key) is None:
+            opts[key] = value
+    return opts
+
+
+def load_pair_splits(cfg: TrainConfig, opts: dict) -> dict[str, tuple[torch.Tensor, torch.Tensor]]:
+    """{"train", "val", "test"}: (uint8 images, labels) of the protocol, on the CPU."""
+    images, labels = mnist.load_split("train", cfg.dataset, cfg.data_dir)
+    test_x, test_y = mnist.load_split("test", cfg.dataset, cfg.data_dir)
+    train_pool, val_pool = split_indices(len(images), cfg.val_size, cfg.split_seed)
+    test_pool = torch.arange(len(test_y))
+    seed, pools = opts["subset_seed"], {"train": train_pool, "val": val_pool, "test": test_pool}
+    out = {}
+    for split, pool in pools.items():
+        n = opts[f"{split}_images"]
+        if n is not None and n < len(pool):
+            name = f"{cfg.dataset}-{split}-pool{len(pool)}-split{cfg.split_seed}-n{n}-s{seed}"
+            pool = cached_subset(name, pool, n, seed)
+        x, y = (test_x, test_y) if split == "test" else (images, labels)
+        out[split] = (x[pool], y[pool])
+    return out
+
+
+class CompareTask:
+    name = "compare"
+    primary_metric = "acc"
+    primary_mode = "max"
+
+    def setup(self, cfg: TrainConfig, device: torch.device) -> None:
+        self.cfg, self.device = cfg, device
+        self.opts = task_options(cfg)
+        self.splits = {k: (x.to(device), y.to(device)) for k, (x, y) in load_pair_splits(cfg, self.opts).items()}
+        self.sampler = PairSampler(self.splits["train"][1])
+        self.eval_pairs = {split: fixed_pairs(self.splits[split][1], self.opts[f"{split}_pairs"],
+                                              self.opts["pair_seed"] + (0 if split == "test" else 1))
+                           for split in ("val", "test")}
+        self.augment_cfg = AugmentConfig(**cfg.augment) if cfg.augment else None
+        if self.augment_cfg is not None and not self.augment_cfg.enabled():
+            self.augment_cfg = None
+        self._last = (None,)
+
+    @property
+    def train_size(self) -> int:
+        return int(self.opts["pairs_per_epoch"])
+
+    def build_model(self, cfg: TrainConfig) -> nn.Module:
+        if cfg.model not in registry.list_models("compare"):
+            raise DigitlabError(f"model {cfg.model!r} is not a comparison model",
+                                f"use one of: {', '.join(registry.list_models('compare'))}")
+        return registry.create(cfg.model, **cfg.model_kwargs())
+
+    def example_input(self) -> tuple[torch.Tensor, torch.Tensor]:
+        return torch.zeros(1, 1, 28, 28), torch.zeros(1, 1, 28, 28)
+
+    def train_batch(self, index: torch.Tensor, generator: torch.Generator) -> tuple:
+        """index (B,) pair positions -> (a (B,1,28,28), b, same (B,) float)."""
+        same = index < self.train_size // 2
+        ia, ib = self.sampler.draw(same, generator)
+        images = self.splits["train"][0]
+        x = to_float(torch.cat([images[ia], images[ib]]))  # (2B,1,28,28): one augmentation pass
+        if self.augment_cfg is not None:
+            x = augment(x, self.augment_cfg, generator)
+        a, b = x.chunk(2)
+        return a, b, same.float()
+
+    def step(self, model: nn.Module, batch: tuple) -> dict[str, torch.Tensor]:
+        a, b, y = batch
+        weight = float(self.opts["contrastive_weight"])
+        if weight > 0:
+            logit, e1, e2 = model(a, b, return_embeddings=True)
+        else:
+            logit = model(a, b)
+        bce = F.binary_cross_entropy_with_logits(logit.float(), y)
+        out = {"loss": bce, "acc": ((logit > 0).float() == y).float().mean()}
+        if weight > 0:
+            con = contrastive_loss(e1.float(), e2.float(), y, self.opts["margin"])
+            out.update(loss=bce + weight * con, bce=bce.detach(), contrastive=con.detach())
+        return out
+
+    @torch.inference_mode()
+    def embed_split(self, model: nn.Module, split: str) -> torch.Tensor:
+        """(N, D) embeddings of every image of the split, in eval mode."""
+        images = self.splits[split][0]
+        step = self.cfg.eval_batch_size
+        return torch.cat([model.embed(to_float(images[i:i + step])).float() for i in range(0, len(images), step)])
+
+    @torch.inference_mode()
+    def evaluate(self, model: nn.Module, split: str) -> dict:
+        """Each image is embedded once; the head then scores the fixed pairs from the table."""
+        was_training = model.training
+        model.eval()
+        emb = self.embed_split(model, split)
+        a, b, same = self.eval_pairs[split]
+        logits = model.head_logit(emb[a], emb[b]).float()
+        model.train(was_training)
+        probs = torch.sigmoid(logits).cpu()
+        metrics = {"loss": F.binary_cross_entropy_with_logits(logits, same).item(),
+                   **pair_metrics(probs, same.cpu())}
+        metrics["oneshot_acc"] = one_shot_accuracy(emb.cpu(), self.splits[split][1].cpu(),
+                                                   self.opts["oneshot_episodes"], seed=self.opts["pair_seed"])
+        self._last = (split, emb.cpu(), probs)
+        return metrics
+
+    def finish(self, model: nn.Module, run_dir: Path, test_metrics: dict) -> None:
+        if self._last[0] != "test":
+            self.evaluate(model, "test")
+        _, emb, probs = self._last
+        a, b, same = (t.cpu() for t in self.eval_pairs["test"])
+        images, labels = (t.cpu() for t in self.splits["test"])
+        write_figures(run_dir / "figures", emb, labels, images, a, b, same, probs)
+
+
+def contrastive_loss(e1: torch.Tensor, e2: torch.Tensor, same: torch.Tensor, margin: float) -> torch.Tensor:
+    """Cosine contrastive term: same pairs pulled to cosine 1, different pairs pushed below `margin`."""
+    cos = F.cosine_similarity(e1, e2, dim=1)
+    return (same * (1 - cos).square() + (1 - same) * F.relu(cos - margin).square()).mean()
+
+
+# --------------------------------------------------------------------------- metrics
+
+def roc_curve(probs: torch.Tensor, same: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """(fpr, tpr) at every distinct threshold, from (0, 0) to (1, 1)."""
+    from torchmetrics.functional.classification import binary_roc
+
+    fpr, tpr, _ = binary_roc(probs.float(), same.long())
+    return fpr, tpr
+
+
+def roc_auc(probs: torch.Tensor, same: torch.Tensor) -> float:
+    from torchmetrics.functional.classification import binary_auroc
+
+    return float(binary_auroc(probs.float(), same.long()))
+
+
+def equal_error_rate(fpr: torch.Tensor, tpr: torch.Tensor) -> float:
+    """The rate where false accepts equal false rejects (fpr = 1 - tpr), linearly interpolated
+    between the two ROC points that bracket the crossing."""
+    d = fpr - (1 - tpr)  # rises from -1 at (0,0) to +1 at (1,1)
+    i = int(torch.nonzero(d >= 0)[0])
+    if i == 0:
+        return float(fpr[0])
+    t = float(-d[i - 1] / (d[i] - d[i - 1]))
+    return float(fpr[i - 1] + t * (fpr[i] - fpr[i - 1]))
+
+
+def pair_metrics(probs: torch.Tensor, same: torch.Tensor) -> dict:
+    """probs, same (N,) -> accuracy at 0.5, ROC-AUC, EER (fractions)."""
+    fpr, tpr = roc_curve(probs, same)
+    return {"acc": ((probs > 0.5).float() == same).float().mean().item(),
+            "auc": roc_auc(probs, same), "eer": equal_error_rate(fpr, tpr)}
+
+
+def one_shot_accuracy(emb: torch.Tensor, labels: torch.Tensor, episodes: int = 1000, seed: int = 0,
+                      metric: str = "cosine", scorer=None) -> float:
+    """10-way one-shot accuracy: per episode one support and one query image per digit (never the
+    same image), each query assigned the digit of its nearest support.
+
+    emb (N, D), labels (N,). `scorer(q (E,K,D), s (E,K,D)) -> (E,K,K)` overrides the metric (e.g.
+    the network's own head).
+    """
+    sampler = PairSampler(labels)
+    g = torch.Generator().manual_seed(seed)
+    k = sampler.classes
+    u = torch.rand(2, episodes, k, generator=g)
+    cls = torch.arange(k).expand(episodes, k)  # (E, K)
+    count, start = sampler.counts[cls], sampler.starts[cls]
+    s_pos = (u[0] * count).long().clamp_max(count - 1)
+    q_pos = (u[1] * (count - 1)).long().clamp_max(count - 2)
+    q_pos = q_pos + (q_pos >= s_pos).long()  # skip the support's own slot
+    s, q = emb[sampler.order[start + s_pos]], emb[sampler.order[start + q_pos]]  # (E, K, D)
+    if scorer is not None:
+        score = scorer(q, s)
+    elif metric == "cosine":
+        score = F.normalize(q, dim=-1) @ F.normalize(s, dim=-1).transpose(1, 2)  # (E, Kq, Ks)
+    elif metric == "euclidean":
+        score = -torch.cdist(q, s)
+    else:
+        raise DigitlabError(f"unknown one-shot metric {metric!r}", "use cosine or euclidean")
+    return (score.argmax(-1) == cls).float().mean().item()
+
+
+# --------------------------------------------------------------------------- figures
+
+def pca_2d(emb: torch.Tensor) -> torch.Tensor:
+    """(N, D) -> (N, 2): projection on the two leading principal components."""
+    centred = emb.double() - emb.double().mean(0)
+    _, _, v = torch.linalg.svd(centred, full_matrices=False)
+    return (centred @ v[:2].T).float()
+
+
+def write_figures(out: Path, emb, labels, images, a, b, same, probs, shown: int = 24) -> None:
+    from digitlab.report import figures
+
+    fpr, tpr = roc_curve(probs, same)
+    figures.plot_roc(fpr.numpy(), tpr.numpy(), roc_auc(probs, same), out / "roc.png",
+                     title="Test pairs: ROC curve")
+    pred = (probs > 0.5).long()
+    cm = torch.bincount(same.long() * 2 + pred, minlength=4).reshape(2, 2)
+    figures.plot_confusion(cm, out / "confusion.png", class_names=["different", "same"],
+                           title="Test pairs at threshold 0.5")
+    right = pred == same.long()
+    wrong = (~right).nonzero().flatten()[: shown // 3]  # show mistakes first, then pairs in order
+    pick = torch.cat([wrong, right.nonzero().flatten()[: shown - len(wrong)]])
+    side_by_side = torch.cat([images[a[pick]], images[b[pick]]], dim=2)  # (n, 28, 56)
+    titles = [f"{'same' if pred[i] else 'diff'} p={probs[i]:.2f} ({labels[a[i]]}|{labels[b[i]]})"
+              for i in pick.tolist()]
+    colours = ["tab:green" if right[i] else "tab:red" for i in pick.tolist()]
+    figures.plot_image_grid(side_by_side, out / "pairs.png", titles, title_colors=colours, ncols=6,
+                            suptitle=f"Test pairs: prediction (green right, red wrong); "
+                                     f"{int((~right).sum())} of {len(right)} wrong")
+    figures.plot_embedding_2d(pca_2d(emb).numpy(), labels.numpy(), out / "embedding_pca.png",
+                              title="Test embeddings, PCA (colour = digit)")
