@@ -1,0 +1,48 @@
+"""`digitlab serve`: the web demo and JSON API on localhost."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+
+def register(sub) -> None:
+    p = sub.add_parser("serve", help="web demo and JSON API (recognise, denoise, compare)",
+                       description="Serves a drawing page and a JSON API (OpenAPI docs at /docs). Without a RUN "
+                                   "for a task, its newest finished run under runs/<task>/ is used.",
+                       epilog="example: digitlab serve --recognize runs/recognize/<run> --port 8000")
+    for task in ("recognize", "denoise", "compare"):
+        p.add_argument(f"--{task}", type=Path, metavar="RUN", help=f"{task} run (default: the newest)")
+    p.add_argument("--host", default="127.0.0.1", help="address to bind (default 127.0.0.1: this machine only)")
+    p.add_argument("--port", type=int, default=8000)
+    p.add_argument("--runtime", choices=("torch", "onnx"), default="torch",
+                   help="onnx: onnxruntime on RUN/model.onnx (exported on first use)")
+    p.add_argument("--threads", type=int, help="CPU threads for inference (default: torch's default)")
+    p.add_argument("--runs", type=Path, help="runs root to search (default $DIGITLAB_RUNS or runs/)")
+    p.add_argument("--access-log", action="store_true", help="log every request")
+    p.set_defaults(func=run)
+
+
+def run(args) -> int:
+    import torch
+    import uvicorn
+
+    from digitlab.serve.app import create_app
+    from digitlab.serve.models import load_engines
+
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    engines, missing = load_engines({"recognize": args.recognize, "denoise": args.denoise,
+                                     "compare": args.compare}, args.runtime, args.runs)
+    for task, e in engines.items():
+        print(f"{task}: {e.meta.get('model')} from {e.run} ({args.runtime})")
+    for task, why in missing.items():
+        print(f"{task}: {why}")
+    if not engines:
+        print("warning: no models at all; the page will only say how to train them")
+    if args.host not in ("127.0.0.1", "localhost", "::1"):
+        print(f"warning: binding {args.host} exposes the server to other machines; it has no authentication")
+    print(f"open http://{'localhost' if args.host == '127.0.0.1' else args.host}:{args.port}/  "
+          f"(API docs at /docs; {torch.get_num_threads()} threads)", flush=True)
+    app = create_app(engines=engines, missing=missing, runtime=args.runtime)
+    uvicorn.run(app, host=args.host, port=args.port, log_level="warning", access_log=args.access_log)
+    return 0

@@ -1,0 +1,106 @@
+"""Request and response bodies of the JSON API; the app's OpenAPI schema (/docs) is built from these."""
+
+from __future__ import annotations
+
+from typing import Annotated
+
+from pydantic import BaseModel, ConfigDict, Field
+
+MAX_BATCH = 256  # images per /api/recognize/batch request
+
+Pixel = Annotated[float, Field(allow_inf_nan=False)]
+Row = Annotated[list[Pixel], Field(min_length=28, max_length=28)]
+Pixels = Annotated[list[Row], Field(min_length=28, max_length=28,
+                                    description="28 rows of 28 numbers, in [0, 1] or [0, 255]")]
+Image28 = Annotated[list[list[float]], Field(description="28x28 values in [0, 1], white ink on black")]
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+class PixelsRequest(_Strict):
+    pixels: Pixels
+    normalize: bool = Field(True, description="apply MNIST's crop/size/centre preprocessing (as `predict` does); "
+                                              "false feeds the grid as is")
+
+
+class BatchRequest(_Strict):
+    images: list[Pixels] = Field(min_length=1, max_length=MAX_BATCH)
+    normalize: bool = True
+
+
+class DenoiseRequest(_Strict):
+    pixels: Pixels
+    noise: str = Field("gaussian", description="noise kind to add, or 'none'")
+    strength: float = Field(0.5, ge=0, le=1)
+    seed: int = Field(0, ge=0, le=2**31 - 1)
+    already_noisy: bool = Field(False, description="the image is already noisy: add nothing, denoise it as is")
+
+
+class CompareRequest(_Strict):
+    a: Pixels
+    b: Pixels
+    normalize: bool = True
+
+
+class Recognition(BaseModel):
+    digit: int
+    probability: float
+    probabilities: list[float] = Field(description="10 probabilities, digit 0 to 9")
+    input: Image28 = Field(description="the 28x28 image the model saw")
+
+
+class RecognizeResponse(Recognition):
+    run: str
+
+
+class BatchResponse(BaseModel):
+    run: str
+    results: list[Recognition]
+
+
+class DenoiseResponse(BaseModel):
+    run: str
+    clean: Image28 | None = Field(description="the prepared digit before noise (null for an already noisy image)")
+    noisy: Image28
+    denoised: Image28
+    noise_added: str
+    strength: float
+    kind: str = Field(description="the noise kind the model identified")
+    kind_probabilities: dict[str, float]
+
+
+class CompareResponse(BaseModel):
+    run: str
+    same_probability: float = Field(description="probability that both images show the same digit")
+    a: Image28
+    b: Image28
+
+
+class ModelInfo(BaseModel):
+    task: str
+    run: str
+    name: str
+    model: str | None
+    model_args: dict
+    params: int | None
+    runtime: str
+    metrics: dict[str, float | int]
+
+
+class ModelsResponse(BaseModel):
+    runtime: str
+    models: list[ModelInfo]
+    missing: dict[str, str] = Field(description="tasks with no model, and how to train one")
+    limits: dict[str, int]
+
+
+class Health(BaseModel):
+    status: str
+    tasks: list[str]
+
+
+class ErrorResponse(BaseModel):
+    error: str
+    fix: str
