@@ -35,7 +35,7 @@ PROTOCOLS = {
     "full": {"train_images": None, "val_images": None, "test_images": None, "val_pairs": 10000, "test_pairs": 20000},
 }
 TASK_ARGS = {"protocol": "small", "pairs_per_epoch": 12000, "subset_seed": 0, "pair_seed": 0,
-             "contrastive_weight": 0.0, "margin": 0.2, "oneshot_episodes": 1000,
+             "contrastive_weight": 0.0, "margin": 0.2, "triplet_weight": 0.0, "triplet_margin": 0.2, "oneshot_episodes": 1000,
              "train_images": None, "val_images": None, "test_images": None, "val_pairs": None, "test_pairs": None}
 
 
@@ -104,7 +104,9 @@ class CompareTask:
         return torch.zeros(1, 1, 28, 28), torch.zeros(1, 1, 28, 28)
 
     def train_batch(self, index: torch.Tensor, generator: torch.Generator) -> tuple:
-        """index (B,) pair positions -> (a (B,1,28,28), b, same (B,) float)."""
+        """index (B,) pair positions -> (a (B,1,28,28), b, same (B,) float, digits (2B,)).
+
+        The digits are those the pairs were drawn from; only the batch-hard triplet term reads them."""
         same = index < self.train_size // 2
         ia, ib = self.sampler.draw(same, generator)
         images = self.splits["train"][0]
@@ -112,20 +114,27 @@ class CompareTask:
         if self.augment_cfg is not None:
             x = augment(x, self.augment_cfg, generator)
         a, b = x.chunk(2)
-        return a, b, same.float()
+        return a, b, same.float(), self.splits["train"][1][torch.cat([ia, ib])]
 
     def step(self, model: nn.Module, batch: tuple) -> dict[str, torch.Tensor]:
-        a, b, y = batch
-        weight = float(self.opts["contrastive_weight"])
-        if weight > 0:
+        a, b, y, digits = batch
+        w_con, w_tri = float(self.opts["contrastive_weight"]), float(self.opts["triplet_weight"])
+        if w_con > 0 or w_tri > 0:
             logit, e1, e2 = model(a, b, return_embeddings=True)
         else:
             logit = model(a, b)
         bce = F.binary_cross_entropy_with_logits(logit.float(), y)
         out = {"loss": bce, "acc": ((logit > 0).float() == y).float().mean()}
-        if weight > 0:
-            con = contrastive_loss(e1.float(), e2.float(), y, self.opts["margin"])
-            out.update(loss=bce + weight * con, bce=bce.detach(), contrastive=con.detach())
+        loss = bce
+        if w_con > 0:
+            out["contrastive"] = contrastive_loss(e1.float(), e2.float(), y, self.opts["margin"])
+            loss = loss + w_con * out["contrastive"]
+        if w_tri > 0:
+            out["triplet"] = batch_hard_triplet(torch.cat([e1, e2]).float(), digits, self.opts["triplet_margin"])
+            loss = loss + w_tri * out["triplet"]
+        if loss is not bce:
+            out.update(loss=loss, bce=bce.detach())
+            out.update({k: out[k].detach() for k in ("contrastive", "triplet") if k in out})
         return out
 
     @torch.inference_mode()
@@ -165,6 +174,19 @@ def contrastive_loss(e1: torch.Tensor, e2: torch.Tensor, same: torch.Tensor, mar
     """Cosine contrastive term: same pairs pulled to cosine 1, different pairs pushed below `margin`."""
     cos = F.cosine_similarity(e1, e2, dim=1)
     return (same * (1 - cos).square() + (1 - same) * F.relu(cos - margin).square()).mean()
+
+
+def batch_hard_triplet(emb: torch.Tensor, digits: torch.Tensor, margin: float) -> torch.Tensor:
+    """Batch-hard triplet loss (Hermans et al. 2017) on cosine distance: for each of the 2B images
+    in the batch, its farthest same-digit image and its nearest other-digit image ("hard pairs")."""
+    z = F.normalize(emb, dim=1)
+    dist = 1 - z @ z.T  # (2B, 2B)
+    same = digits[:, None] == digits[None, :]
+    eye = torch.eye(len(digits), dtype=torch.bool, device=emb.device)
+    hardest_pos = dist.masked_fill(~same | eye, -1.0).amax(1)
+    hardest_neg = dist.masked_fill(same, 3.0).amin(1)
+    valid = (same & ~eye).any(1) & (~same).any(1)
+    return F.relu(hardest_pos - hardest_neg + margin)[valid].mean() if valid.any() else emb.sum() * 0
 
 
 # --------------------------------------------------------------------------- metrics
