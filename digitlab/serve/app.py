@@ -19,6 +19,7 @@ from fastapi.responses import FileResponse, JSONResponse
 from fastapi.staticfiles import StaticFiles
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
+from digitlab.data.noise import NOISE_KINDS
 from digitlab.errors import DigitlabError
 from digitlab.serve import schemas as S
 from digitlab.serve.inputs import (MAX_BODY_BYTES, MAX_PIXELS, ApiError, as_list, from_pixels, from_upload,
@@ -52,6 +53,7 @@ def create_app(recognize: str | Path | None = None, denoise: str | Path | None =
                               "{\"error\", \"fix\"}.")
     _add_error_handlers(app)
     app.add_middleware(BodyLimit, max_bytes=MAX_BODY_BYTES, timeout=READ_TIMEOUT_S)
+    app.add_middleware(SecurityHeaders)
 
     def engine(request: Request, task: str) -> Engine:
         found = request.app.state.engines.get(task)
@@ -75,7 +77,8 @@ def create_app(recognize: str | Path | None = None, denoise: str | Path | None =
         return {"runtime": request.app.state.runtime,
                 "models": [e.describe() for e in request.app.state.engines.values()],
                 "missing": request.app.state.missing,
-                "limits": {"max_body_bytes": MAX_BODY_BYTES, "max_pixels": MAX_PIXELS, "max_batch": S.MAX_BATCH}}
+                "limits": {"max_body_bytes": MAX_BODY_BYTES, "max_pixels": MAX_PIXELS, "max_batch": S.MAX_BATCH},
+                "noise_kinds": list(NOISE_KINDS)}
 
     # --- recognise -------------------------------------------------------------------------------
 
@@ -108,7 +111,7 @@ def create_app(recognize: str | Path | None = None, denoise: str | Path | None =
     # --- denoise ---------------------------------------------------------------------------------
 
     def run_denoise(e: Engine, image: torch.Tensor, noise: str, strength: float, seed: int, already_noisy: bool):
-        from digitlab.data.noise import NOISE_KINDS, apply_noise
+        from digitlab.data.noise import apply_noise
 
         if noise not in (*NOISE_KINDS, "none"):
             raise ApiError(422, f"unknown noise kind {noise!r}", f"use one of {', '.join(NOISE_KINDS)} or none")
@@ -211,6 +214,27 @@ def _add_error_handlers(app: FastAPI) -> None:
     @app.exception_handler(Exception)
     async def crash(request: Request, exc: Exception):  # a bug, never the client's fault; keep serving
         return _error(500, f"internal error: {type(exc).__name__}", "please report this with the request")
+
+
+class SecurityHeaders:
+    """ASGI middleware: the page may load only its own files (the /docs page excepted), never be framed."""
+
+    PAGE = [(b"content-security-policy", b"default-src 'self'; img-src 'self' data: blob:; frame-ancestors 'none'"),
+            (b"x-content-type-options", b"nosniff"), (b"referrer-policy", b"no-referrer")]
+
+    def __init__(self, app):
+        self.app = app
+
+    async def __call__(self, scope, receive, send):
+        if scope["type"] != "http" or scope["path"].startswith(("/docs", "/redoc")):
+            return await self.app(scope, receive, send)
+
+        async def with_headers(message):
+            if message["type"] == "http.response.start":
+                message = {**message, "headers": [*message.get("headers", []), *self.PAGE]}
+            await send(message)
+
+        await self.app(scope, receive, with_headers)
 
 
 _TOO_BIG = b"<too big>"

@@ -94,6 +94,7 @@ class ModelsResponse(BaseModel):
     models: list[ModelInfo]
     missing: dict[str, str] = Field(description="tasks with no model, and how to train one")
     limits: dict[str, int]
+    noise_kinds: list[str]
 
 
 class Health(BaseModel):
