@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import os
 from pathlib import Path
 
 from digitlab import config
@@ -58,7 +59,8 @@ def run(args) -> int:
     if args.quiet:
         overrides.setdefault("progress", False)
     cfg = config.resolve(args.task, args.preset, overrides)
-    if args.out is not None and args.out.exists() and any(args.out.iterdir()):
+    first_rank = int(os.environ.get("RANK", "0")) == 0  # under torchrun only rank 0 owns the folder
+    if first_rank and args.out is not None and args.out.exists() and any(args.out.iterdir()):
         raise DigitlabError(f"--out {args.out} exists and is not empty",
                             "choose a new folder, or continue it with --resume")
     if args.out is not None:
