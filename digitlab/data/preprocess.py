@@ -1,0 +1,224 @@
+"""MNIST's own preprocessing for real images: photos, scans, canvas drawings -> (28, 28) in [0, 1].
+
+LeCun et al. size-normalised each NIST digit to fit a 20x20 box (keeping its aspect ratio, with
+anti-aliasing) and placed it in a 28x28 field so that its centre of mass sits at the centre.
+A model trained on MNIST only recognises inputs prepared the same way, so `predict`, the web
+server and every other command share these functions.
+"""
+
+from __future__ import annotations
+
+import io
+from pathlib import Path
+
+import numpy as np
+import torch
+from PIL import Image, ImageOps, UnidentifiedImageError
+
+from digitlab.errors import DigitlabError
+
+SIZE = 28  # MNIST field
+BOX = 20  # the digit's longer side after size normalisation
+# Target centre of mass (row, col) in pixel-index coordinates. Measured on the MNIST test set:
+# mean (13.99, 14.01), std 0.29 per axis -- the std of a uniform +-0.5 error, i.e. MNIST itself was
+# centred with whole-pixel shifts onto 14.
+CENTRE = 14.0
+MIN_CONTRAST = 0.1  # ink must differ from the background by 10% of full range, else "blank"
+INK_THRESHOLD = 0.2  # fraction of the (stretched) max that is certainly ink, not noise or JPEG ringing
+FORMATS_HINT = "use a PNG, JPEG, BMP, WebP or GIF image"
+
+
+def load_image(source: str | Path | bytes, max_pixels: int = 40_000_000) -> np.ndarray:
+    """Decode an image file or its bytes to float32 grayscale (H, W) in [0, 1].
+
+    The size is checked from the header before any pixel is decoded (Image.open is lazy), so a
+    small file that claims huge dimensions costs nothing. EXIF orientation is applied; alpha is
+    composited onto the image's own background (see `_composite`).
+    """
+    name, fp = _open_source(source)
+    try:
+        with Image.open(fp) as img:
+            w, h = img.size
+            if w * h > max_pixels:
+                raise _too_big(name, w, h, max_pixels)
+            img = ImageOps.exif_transpose(img)  # decodes the pixels
+            return _to_gray(img)
+    except Image.DecompressionBombError as e:  # raised by Image.open itself above PIL's own limit
+        raise DigitlabError(f"{name} is too large, possible decompression bomb: {e}",
+                            "downscale the image (a digit needs only a few hundred pixels per side)") from None
+    except UnidentifiedImageError:
+        raise DigitlabError(f"{name} is not an image (its contents are not a known image format)",
+                            FORMATS_HINT) from None
+    except (OSError, ValueError, SyntaxError, EOFError) as e:
+        raise DigitlabError(f"could not decode {name}: {e}",
+                            f"the file may be truncated or damaged; save it again ({FORMATS_HINT})") from None
+
+
+def to_mnist(gray: np.ndarray) -> torch.Tensor:
+    """Grayscale (H, W) -> float32 (28, 28) in [0, 1], white ink on black, prepared like MNIST.
+
+    Steps: make the ink white on black and stretch it to [0, 1]; crop to the ink's bounding box;
+    fit the box into 20x20 keeping the aspect ratio (area averaging when shrinking, as MNIST's
+    anti-aliased grey levels are ink coverage); paste into 28x28 with the centre of mass on (14, 14).
+    The shift is whole pixels, as in MNIST (see CENTRE): no second resampling blurs the strokes and
+    an already-prepared image comes back unchanged.
+    """
+    g = np.asarray(gray, dtype=np.float32)
+    if g.ndim != 2 or g.size == 0:
+        raise DigitlabError(f"expected a 2-D grayscale image, got shape {g.shape}",
+                            "pass a single-channel (H, W) array, e.g. from load_image")
+    if not np.isfinite(g).all():
+        raise DigitlabError("the image contains NaN or infinite values", "pass finite pixel values")
+    patch = _fit_box(_crop_to_ink(_white_ink(g)))
+    return torch.from_numpy(_paste_centred(patch))
+
+
+def prepare(source: str | Path | bytes) -> torch.Tensor:
+    """Image file or bytes -> MNIST-like (28, 28) tensor."""
+    return to_mnist(load_image(source))
+
+
+def from_array(values, normalize: bool = True) -> torch.Tensor:
+    """A 28x28 grid of pixel values (nested lists or array) -> float32 (28, 28) tensor in [0, 1].
+
+    uint8 values, or any values above 1, are read as [0, 255]; otherwise as [0, 1]. By default the
+    grid goes through `to_mnist`: a drawing canvas downsampled to 28x28 is rarely centred or
+    size-normalised like MNIST (and may be dark-on-light), while an already MNIST-like grid passes
+    through unchanged. `normalize=False` only validates and scales.
+    """
+    try:
+        a = np.asarray(values)
+    except (ValueError, TypeError):
+        a = None
+    if a is None or a.dtype.kind not in "biuf":  # bool, int, uint, float
+        raise DigitlabError("pixel values must be a 28x28 grid of numbers",
+                            "send 28 rows of 28 numbers each, in [0, 1] or [0, 255]")
+    if a.shape != (SIZE, SIZE):
+        raise DigitlabError(f"pixel values must be 28x28, got shape {a.shape}",
+                            "send 28 rows of 28 numbers each (downsample a larger drawing first)")
+    if not np.isfinite(a).all():
+        raise DigitlabError("pixel values contain NaN or infinity", "send finite numbers in [0, 1] or [0, 255]")
+    lo, hi = float(a.min()), float(a.max())
+    if lo < 0 or hi > 255:
+        raise DigitlabError(f"pixel values must lie in [0, 1] or [0, 255], got min {lo:g} and max {hi:g}",
+                            "rescale the values into [0, 1] (or [0, 255])")
+    scaled = a.astype(np.float32) / (255 if a.dtype == np.uint8 or hi > 1 else 1)
+    return to_mnist(scaled) if normalize else torch.from_numpy(scaled)
+
+
+# --- loading -----------------------------------------------------------------------------------
+
+def _open_source(source) -> tuple[str, object]:
+    """(name for messages, path or file object for Image.open)."""
+    if isinstance(source, (bytes, bytearray, memoryview)):
+        if len(source) == 0:
+            raise DigitlabError("the image data is empty (0 bytes)", "send the file's contents, not an empty body")
+        return "the uploaded data", io.BytesIO(bytes(source))
+    if isinstance(source, (str, Path)):
+        path = Path(source)
+        if not path.is_file():
+            what = "is a directory, not an image file" if path.is_dir() else "does not exist"
+            raise DigitlabError(f"image file {path} {what}", "check the path to the image file")
+        if path.stat().st_size == 0:
+            raise DigitlabError(f"image file {path} is empty (0 bytes)", "pick a non-empty image file")
+        return str(path), path
+    raise DigitlabError(f"cannot read an image from a {type(source).__name__}",
+                        "pass a file path or the file's bytes")
+
+
+def _too_big(name: str, w: int, h: int, max_pixels: int) -> DigitlabError:
+    return DigitlabError(f"{name} is too large: {w}x{h} = {w * h:,} pixels, the limit is {max_pixels:,} "
+                         "(possible decompression bomb)",
+                         "downscale the image (a digit needs only a few hundred pixels per side)")
+
+
+def _to_gray(img: Image.Image) -> np.ndarray:
+    """Any PIL mode -> float32 (H, W) in [0, 1]."""
+    if img.mode in ("I", "F") or img.mode.startswith("I;16"):  # high bit depth: scale by the maximum
+        a = np.clip(np.asarray(img, dtype=np.float32), 0, None)
+        return a / a.max() if a.max() > 0 else a
+    if img.mode in ("RGBA", "LA", "PA", "RGBa", "La") or "transparency" in img.info:
+        rgba = img.convert("RGBA")
+        gray = np.asarray(rgba.convert("L"), dtype=np.float32) / 255
+        alpha = np.asarray(rgba.getchannel("A"), dtype=np.float32) / 255
+        return _composite(gray, alpha)
+    return np.asarray(img.convert("L"), dtype=np.float32) / 255
+
+
+def _composite(gray: np.ndarray, alpha: np.ndarray) -> np.ndarray:
+    """Flatten transparency onto the image's own background.
+
+    Strokes drawn in one colour on a transparent canvas carry the digit only in alpha: then alpha
+    is the ink coverage. Otherwise the visible pixels' median (the paper) fills transparent areas;
+    a fixed white or black fill would erase white-on-transparent or black-on-transparent drawings.
+    """
+    visible = gray[alpha > 0]
+    if visible.size == 0 or visible.max() - visible.min() < MIN_CONTRAST:
+        return alpha  # white ink on black, like MNIST
+    return (alpha * gray + (1 - alpha) * np.median(visible)).astype(np.float32)
+
+
+# --- MNIST normalisation -----------------------------------------------------------------------
+
+def _white_ink(g: np.ndarray) -> np.ndarray:
+    """Invert a light background, then stretch so background -> 0 and the brightest ink -> 1."""
+    border = np.concatenate([g[0], g[-1], g[:, 0], g[:, -1]])
+    bg = float(np.median(border))
+    if bg > (float(g.min()) + float(g.max())) / 2:  # background closer to white than the ink is
+        g, bg = 1 - g, 1 - bg
+    hi = float(g.max())
+    if hi - bg < MIN_CONTRAST:
+        raise DigitlabError("no digit found in image: it is blank",
+                            "draw or photograph a digit with clear contrast against the background")
+    return np.clip((g - bg) / (hi - bg), 0, 1)
+
+
+def _crop_to_ink(g: np.ndarray) -> np.ndarray:
+    """Crop to the ink's bounding box.
+
+    The box is found from clear ink (> INK_THRESHOLD of the max), so JPEG ringing and specks do not
+    widen it, then grown by one pixel per side where that line holds faint pixels above the
+    background noise: the 1-px anti-aliased rim of an already small digit (MNIST's own) is part of
+    its box, and one source pixel is negligible for a large photo.
+    """
+    border = np.concatenate([g[0], g[-1], g[:, 0], g[:, -1]])
+    floor = float(np.quantile(border, 0.9))  # background noise; robust to ink touching the border
+    core = g > max(floor, INK_THRESHOLD)
+    if not core.any():
+        raise DigitlabError("no digit found in image: it is blank",
+                            "draw or photograph a digit with clear contrast against the background")
+    faint = g > floor
+    (top, bottom), (left, right) = (_grow(np.flatnonzero(core.any(axis=a)), faint.any(axis=a)) for a in (1, 0))
+    return g[top:bottom + 1, left:right + 1]
+
+
+def _grow(idx: np.ndarray, faint: np.ndarray) -> tuple[int, int]:
+    """First/last index of the core, each extended by one line if that line is faint ink."""
+    lo, hi = int(idx[0]), int(idx[-1])
+    return lo - int(lo > 0 and faint[lo - 1]), hi + int(hi < faint.size - 1 and faint[hi + 1])
+
+
+def _fit_box(crop: np.ndarray) -> np.ndarray:
+    """Resize so the longer side is 20 px, keeping the aspect ratio; renormalise the max to 1."""
+    h, w = crop.shape
+    scale = BOX / max(h, w)
+    size = (max(1, round(w * scale)), max(1, round(h * scale)))  # PIL wants (width, height)
+    if size != (w, h):
+        # BOX = area average = ink coverage when shrinking; BILINEAR when enlarging (no ringing).
+        resample = Image.Resampling.BOX if scale < 1 else Image.Resampling.BILINEAR
+        crop = np.asarray(Image.fromarray(crop.astype(np.float32)).resize(size, resample))
+    crop = np.clip(crop, 0, None)
+    return (crop / crop.max()).astype(np.float32)  # MNIST digits reach full white
+
+
+def _paste_centred(patch: np.ndarray) -> np.ndarray:
+    """Place the patch in 28x28 so its centre of mass lands on CENTRE (whole pixels, ink kept inside)."""
+    h, w = patch.shape
+    mass = patch.sum()
+    cy = patch.sum(axis=1) @ np.arange(h) / mass
+    cx = patch.sum(axis=0) @ np.arange(w) / mass
+    top = int(np.clip(np.round(CENTRE - cy), 0, SIZE - h))
+    left = int(np.clip(np.round(CENTRE - cx), 0, SIZE - w))
+    out = np.zeros((SIZE, SIZE), dtype=np.float32)
+    out[top:top + h, left:left + w] = patch
+    return out

@@ -1,0 +1,175 @@
+"""Batched augmentation: invariants, seeding, and exact agreement with simple per-image references."""
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from digitlab.data.augment import AugmentConfig, _elastic_field, affine_matrices, augment
+from digitlab.errors import DigitlabError
+
+FULL = AugmentConfig(rotate=10, translate=0.1, scale=(0.9, 1.1), shear=8, elastic_alpha=1.0, blur_p=0.5)
+
+
+def images(b=16, h=28, w=28, seed=0):
+    """Random ink in the centre, empty border: (B, 1, H, W) in [0, 1]."""
+    g = torch.Generator().manual_seed(seed)
+    x = torch.zeros(b, 1, h, w)
+    x[:, :, 6:h - 6, 6:w - 6] = torch.rand(b, 1, h - 12, w - 12, generator=g)
+    return x
+
+
+def gen(seed=0):
+    return torch.Generator().manual_seed(seed)
+
+
+def warp(x, theta):
+    grid = F.affine_grid(theta, list(x.shape), align_corners=False)
+    return F.grid_sample(x, grid, mode="bilinear", padding_mode="zeros", align_corners=False)
+
+
+def shift_reference(img, dx, dy):
+    """Per-image reference: move content right by dx and down by dy pixels, zero fill."""
+    out = torch.zeros_like(img)
+    h, w = img.shape[-2:]
+    out[..., max(dy, 0):h + min(dy, 0), max(dx, 0):w + min(dx, 0)] = \
+        img[..., max(-dy, 0):h - max(dy, 0), max(-dx, 0):w - max(dx, 0)]
+    return out
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_shape_dtype_range_kept(dtype):
+    x = images().to(dtype)
+    y = augment(x, FULL, gen())
+    assert y.shape == x.shape and y.dtype == dtype
+    assert y.min() >= 0 and y.max() <= 1
+    assert not torch.equal(y, x)
+
+
+def test_disabled_config_returns_input():
+    x = images()
+    assert not AugmentConfig().enabled()
+    assert augment(x, AugmentConfig(), gen()) is x
+
+
+def test_p_zero_leaves_images_unchanged():
+    x = images()
+    cfg = AugmentConfig(p=0.0, rotate=30, translate=0.2, scale=(0.8, 1.2), shear=10, elastic_alpha=2)
+    assert torch.equal(augment(x, cfg, gen()), x)
+
+
+def test_p_selects_some_images_and_leaves_the_others_exact():
+    x = images(b=64)
+    y = augment(x, AugmentConfig(p=0.5, rotate=20, translate=0.1), gen(3))
+    same = (y - x).flatten(1).abs().amax(1) < 1e-5  # identity grid samples pixel centres exactly
+    assert 10 < int(same.sum()) < 54
+
+
+def test_same_seed_same_output_different_seed_different():
+    x = images()
+    a, b, c = augment(x, FULL, gen(1)), augment(x, FULL, gen(1)), augment(x, FULL, gen(2))
+    assert torch.equal(a, b)
+    assert not torch.equal(a, c)
+
+
+@pytest.mark.parametrize("size", [(28, 28), (20, 32)])
+def test_integer_translation_equals_zero_filled_roll(size):
+    h, w = size
+    x = torch.rand(5, 1, h, w, generator=gen(4))  # ink up to the border: zero fill matters
+    shifts = [(3, 0), (-2, 1), (0, -4), (5, 5), (-1, -3)]  # (dx, dy) pixels
+    frac = torch.tensor([[dx / w, dy / h] for dx, dy in shifts])
+    theta = affine_matrices(torch.zeros(5), frac, torch.ones(5), torch.zeros(5), size=size)
+    y = warp(x, theta)
+    ref = torch.stack([shift_reference(x[i], dx, dy) for i, (dx, dy) in enumerate(shifts)])
+    torch.testing.assert_close(y, ref, atol=1e-5, rtol=0)
+
+
+def test_rotate_90_is_rot90_counter_clockwise():
+    x = torch.rand(3, 1, 28, 28, generator=gen(5))
+    theta = affine_matrices(torch.full((3,), 90.0), torch.zeros(3, 2), torch.ones(3), torch.zeros(3))
+    torch.testing.assert_close(warp(x, theta), torch.rot90(x, 1, dims=(-2, -1)), atol=1e-5, rtol=0)
+    theta = affine_matrices(torch.full((3,), -90.0), torch.zeros(3, 2), torch.ones(3), torch.zeros(3))
+    torch.testing.assert_close(warp(x, theta), torch.rot90(x, -1, dims=(-2, -1)), atol=1e-5, rtol=0)
+
+
+def test_batched_augment_matches_per_image_matrices():
+    """A full random batch equals warping each image alone with its own matrix (translation-only)."""
+    x = images(b=8)
+    cfg = AugmentConfig(translate=0.1)
+    y = augment(x, cfg, gen(6))
+    u = torch.rand(8, 6, generator=gen(6))  # redraw the same parameters: keep, angle, shift x, y, ...
+    shift = 0.1 * (2 * u[:, 2:4] - 1)
+    for i in range(8):
+        theta = affine_matrices(torch.zeros(1), shift[i:i + 1], torch.ones(1), torch.zeros(1))
+        torch.testing.assert_close(y[i:i + 1], warp(x[i:i + 1], theta).clamp(0, 1), atol=1e-6, rtol=0)
+
+
+def test_shear_45_moves_a_pixel_below_centre_to_the_right():
+    x = torch.zeros(1, 1, 29, 29)  # odd size: the centre is pixel (14, 14)
+    x[0, 0, 18, 14] = 1  # 4 px below the centre
+    theta = affine_matrices(torch.zeros(1), torch.zeros(1, 2), torch.ones(1), torch.full((1,), 45.0))
+    y = warp(x, theta)
+    assert float(y[0, 0, 18, 18]) == pytest.approx(1, abs=1e-5)  # x' = x + tan(45) y
+
+
+def test_scale_shrinks_ink_and_keeps_centre():
+    x = images(b=4)
+    theta = affine_matrices(torch.zeros(4), torch.zeros(4, 2), torch.full((4,), 0.5), torch.zeros(4))
+    y = warp(x, theta)
+    assert y.sum() < 0.5 * x.sum()  # area shrinks by 4x
+    assert y[..., :10, :].abs().sum() == 0 and y[..., 18:, :].abs().sum() == 0
+
+
+def test_blur_keeps_mass_and_lowers_max():
+    x = images(b=8)
+    y = augment(x, AugmentConfig(blur_p=1.0, blur_sigma=(1.0, 1.5)), gen())
+    torch.testing.assert_close(y.sum((1, 2, 3)), x.sum((1, 2, 3)), rtol=1e-4, atol=1e-3)
+    assert (y.amax((1, 2, 3)) < x.amax((1, 2, 3))).all()
+
+
+def test_blur_p_zero_images_untouched():
+    x = images(b=32)
+    y = augment(x, AugmentConfig(blur_p=0.3), gen(8))
+    same = (y == x).flatten(1).all(1)
+    assert 5 < int(same.sum()) < 32
+
+
+def test_elastic_moves_pixels_and_is_seeded():
+    x = images(b=32)
+    cfg = AugmentConfig(elastic_alpha=1.5, elastic_sigma=4.0)
+    y = augment(x, cfg, gen(9))
+    assert torch.equal(y, augment(x, cfg, gen(9)))
+    assert (y - x).abs().mean() > 0.01
+    # a smooth warp locally stretches and squeezes, but keeps the mass on average
+    assert abs(float(y.sum() / x.sum()) - 1) < 0.1
+
+
+def test_elastic_field_is_smooth_with_rms_alpha_pixels():
+    b, h, w = 16, 28, 28
+    field = _elastic_field(b, h, w, AugmentConfig(elastic_alpha=2.0, elastic_sigma=4.0), gen(), "cpu")
+    px = field * torch.tensor([w / 2, h / 2])  # (B, H, W, 2) normalised -> pixels
+    torch.testing.assert_close(px.square().mean((1, 2, 3)).sqrt(), torch.full((b,), 2.0))
+    step = max((px[:, 1:] - px[:, :-1]).abs().mean(), (px[:, :, 1:] - px[:, :, :-1]).abs().mean())
+    assert step < 0.3 * 2.0  # neighbours move nearly together (unsmoothed noise: 1.13 * 2.0)
+
+
+@pytest.mark.parametrize("kw", [{"p": 1.5}, {"rotate": -1}, {"scale": (1.1, 0.9)}, {"blur_sigma": (0.5,)},
+                                {"elastic_sigma": 0}])
+def test_invalid_config_is_refused(kw):
+    with pytest.raises(DigitlabError, match="invalid augmentation settings") as e:
+        AugmentConfig(**kw)
+    assert e.value.fix
+
+
+def test_config_accepts_lists_from_yaml():
+    assert AugmentConfig(scale=[0.9, 1.1]).scale == (0.9, 1.1)
+
+
+def test_rejects_unbatched_input():
+    with pytest.raises(DigitlabError, match="shape"):
+        augment(torch.rand(28, 28), FULL, gen())
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+def test_cuda_images_with_cpu_generator_match_cpu():
+    x = images()
+    torch.testing.assert_close(augment(x.cuda(), FULL, gen(1)).cpu(), augment(x, FULL, gen(1)), atol=1e-4, rtol=0)

@@ -1,0 +1,278 @@
+"""MNIST preprocessing of real image files: geometry of the output, formats, alpha, and clear errors."""
+
+import io
+import struct
+import zlib
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image, ImageDraw, features
+
+from digitlab.data.preprocess import from_array, load_image, prepare, to_mnist
+from digitlab.errors import DigitlabError
+
+SEVEN = [(40, 60), (160, 60), (90, 250)]  # a "7" on a 200x300 canvas
+
+
+def canvas(ink=0, bg=255, size=(200, 300), mode="L"):
+    im = Image.new(mode, size, bg)
+    ImageDraw.Draw(im).line(SEVEN, fill=ink, width=18)
+    return im
+
+
+def encode(im, fmt="PNG", **kw) -> bytes:
+    buf = io.BytesIO()
+    im.save(buf, fmt, **kw)
+    return buf.getvalue()
+
+
+def centre_of_mass(t):
+    a = t.numpy()
+    ys, xs = np.indices(a.shape)
+    return (a * ys).sum() / a.sum(), (a * xs).sum() / a.sum()
+
+
+def ink_box(t):
+    rows, cols = np.flatnonzero(t.numpy().any(1)), np.flatnonzero(t.numpy().any(0))
+    return rows[-1] - rows[0] + 1, cols[-1] - cols[0] + 1
+
+
+@pytest.fixture(scope="module")
+def reference():
+    return prepare(encode(canvas()))
+
+
+def test_black_on_white_seven_becomes_mnist_like(reference):
+    t = reference
+    assert t.shape == (28, 28) and t.dtype == torch.float32
+    assert 0 <= float(t.min()) and float(t.max()) == pytest.approx(1.0)
+    border = torch.cat([t[0], t[-1], t[:, 0], t[:, -1], t[:3].flatten()])
+    assert float(border.mean()) < 0.01  # background ~0, ink white
+    h, w = ink_box(t)
+    assert max(h, w) == 20 and min(h, w) <= 20
+    cy, cx = centre_of_mass(t)
+    assert abs(cy - 14) <= 1 and abs(cx - 14) <= 1
+
+
+def test_white_on_black_gives_the_same_tensor(reference):
+    t = prepare(encode(canvas(ink=255, bg=0)))
+    torch.testing.assert_close(t, reference, atol=1e-5, rtol=0)
+
+
+def test_gray_paper_and_colour_ink(reference):
+    im = Image.new("RGB", (200, 300), (200, 190, 170))
+    ImageDraw.Draw(im).line(SEVEN, fill=(20, 30, 120), width=18)
+    assert (prepare(encode(im)) - reference).abs().max() < 0.05
+
+
+@pytest.mark.parametrize("quality", [95, 75])
+def test_jpeg_round_trip(reference, quality):
+    t = prepare(encode(canvas().convert("RGB"), "JPEG", quality=quality))
+    assert (t - reference).abs().mean() < 0.02
+    cy, cx = centre_of_mass(t)
+    assert abs(cy - 14) <= 1 and abs(cx - 14) <= 1
+
+
+@pytest.mark.parametrize("fmt", ["BMP", "GIF", "WEBP", "TIFF"])
+def test_other_formats(reference, fmt):
+    if fmt == "WEBP" and not features.check("webp"):
+        pytest.skip("Pillow built without WebP")
+    kw = {"lossless": True} if fmt == "WEBP" else {}
+    torch.testing.assert_close(prepare(encode(canvas().convert("RGB"), fmt, **kw)), reference, atol=1e-5, rtol=0)
+
+
+def test_path_and_bytes_agree(tmp_path, reference):
+    path = tmp_path / "seven.png"
+    canvas().save(path)
+    torch.testing.assert_close(prepare(path), reference)
+    torch.testing.assert_close(prepare(str(path)), reference)
+
+
+def test_sixteen_bit_png(reference):
+    a = np.asarray(canvas(), dtype=np.uint16) * 257  # 0..65535
+    im = Image.fromarray(a)
+    assert im.mode.startswith("I;16")
+    torch.testing.assert_close(prepare(encode(im)), reference, atol=1e-5, rtol=0)
+
+
+@pytest.mark.parametrize("ink_rgb, bg_rgb", [
+    ((0, 0, 0), (0, 0, 0)),  # black strokes, transparent black canvas (typical <canvas> export)
+    ((0, 0, 0), (255, 255, 255)),  # black strokes, transparent white canvas
+    ((255, 255, 255), (0, 0, 0)),  # white strokes on transparent black: a black fill would erase them
+])
+def test_transparent_canvas_strokes(reference, ink_rgb, bg_rgb):
+    im = Image.new("RGBA", (200, 300), bg_rgb + (0,))
+    ImageDraw.Draw(im).line(SEVEN, fill=ink_rgb + (255,), width=18)
+    torch.testing.assert_close(prepare(encode(im)), reference, atol=1e-5, rtol=0)
+
+
+def test_opaque_paper_with_transparent_margin(reference):
+    """A photo of white paper pasted on a transparent page: the paper's colour fills the margin."""
+    im = Image.new("RGBA", (260, 360), (0, 0, 0, 0))
+    im.paste(canvas().convert("RGBA"), (30, 30))
+    assert (prepare(encode(im)) - reference).abs().max() < 0.05
+
+
+def test_palette_with_transparency():
+    im = canvas(ink=1, bg=0, mode="P")
+    im.putpalette([255, 255, 255, 0, 0, 0] + [0] * 762)  # index 0 white, 1 black
+    t = prepare(encode(im, "PNG", transparency=0))
+    cy, cx = centre_of_mass(t)
+    assert max(ink_box(t)) == 20 and abs(cy - 14) <= 1 and abs(cx - 14) <= 1
+
+
+def test_exif_orientation_is_applied():
+    im = canvas().convert("RGB")
+    exif = Image.Exif()
+    exif[0x0112] = 6  # "rotate 90 CW to display"
+    g = load_image(encode(im, "JPEG", exif=exif.tobytes()))
+    assert g.shape == (200, 300)  # (H, W) after rotation; stored as 300 high
+    assert load_image(encode(im, "JPEG")).shape == (300, 200)
+
+
+def test_load_image_range_and_dtype():
+    g = load_image(encode(canvas()))
+    assert g.dtype == np.float32 and g.shape == (300, 200)
+    assert g.min() == 0 and g.max() == 1
+
+
+def test_mnist_like_input_passes_through_unchanged(reference):
+    # already dark background, centred, 20 px: a second pass must change nothing
+    torch.testing.assert_close(to_mnist(reference.numpy()), reference, atol=1e-6, rtol=0)
+    # an anti-aliased small digit with a faint rim keeps its rim and its place
+    a = reference.numpy().copy()
+    a[a > 0] = np.maximum(a[a > 0], 0.02)
+    torch.testing.assert_close(to_mnist(a), torch.from_numpy(a), atol=1e-6, rtol=0)
+
+
+def test_small_digit_is_enlarged_to_20():
+    im = Image.new("L", (28, 28), 0)
+    ImageDraw.Draw(im).line([(12, 10), (12, 17)], fill=255, width=2)  # 8 px tall "1"
+    t = to_mnist(np.asarray(im, dtype=np.float32) / 255)
+    assert ink_box(t)[0] == 20
+
+
+def test_off_centre_digit_is_recentred(reference):
+    im = Image.new("L", (400, 400), 255)
+    im.paste(canvas(), (190, 90))  # bottom-right region, touching nothing
+    assert (prepare(encode(im)) - reference).abs().max() < 0.05
+
+
+# --- errors ---------------------------------------------------------------------------------------
+
+def png_header_only(width, height) -> bytes:
+    """A PNG whose header claims width x height (1-bit) with a tiny IDAT: costs nothing to create."""
+    def chunk(kind, data):
+        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
+    ihdr = struct.pack(">IIBBBBB", width, height, 1, 0, 0, 0, 0)
+    return b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", ihdr) + chunk(b"IDAT", zlib.compress(b"\0")) + chunk(b"IEND", b"")
+
+
+def test_over_max_pixels_refused_before_decoding():
+    with pytest.raises(DigitlabError, match="too large: 8000x8000"):
+        load_image(png_header_only(8000, 8000))  # 64 M > 40 M default, under PIL's own limit
+
+
+def test_decompression_bomb_refused():
+    with pytest.raises(DigitlabError, match="too large") as e:
+        load_image(png_header_only(20000, 20000), max_pixels=10**12)  # PIL's own bomb check fires
+    assert e.value.fix
+
+
+@pytest.mark.filterwarnings("ignore::PIL.Image.DecompressionBombWarning")  # PIL warns at open, we refuse
+def test_real_one_bit_bomb_png():
+    data = encode(Image.new("1", (12000, 12000)))  # 144 M pixels compress to a few hundred kB
+    assert len(data) < 1_000_000
+    with pytest.raises(DigitlabError, match="too large"):
+        load_image(data)
+
+
+@pytest.mark.parametrize("data, message", [
+    (b"", "empty"),
+    (b"this is not an image at all" * 10, "not an image"),
+    (b"\x89PNG\r\n\x1a\n" + b"\0" * 40, "not an image|could not decode"),
+])
+def test_bad_bytes(data, message):
+    with pytest.raises(DigitlabError, match=message) as e:
+        load_image(data)
+    assert e.value.fix
+
+
+def test_truncated_png():
+    data = encode(canvas())
+    with pytest.raises(DigitlabError, match="could not decode") as e:
+        load_image(data[: len(data) // 2])
+    assert "truncated" in e.value.fix
+
+
+def test_missing_file_and_directory(tmp_path):
+    with pytest.raises(DigitlabError, match="does not exist"):
+        load_image(tmp_path / "nope.png")
+    with pytest.raises(DigitlabError, match="directory"):
+        load_image(tmp_path)
+    (tmp_path / "empty.png").write_bytes(b"")
+    with pytest.raises(DigitlabError, match="empty"):
+        load_image(tmp_path / "empty.png")
+
+
+@pytest.mark.parametrize("bg", [0, 255, 128])
+def test_blank_image(bg):
+    with pytest.raises(DigitlabError, match="no digit found in image: it is blank") as e:
+        prepare(encode(Image.new("L", (100, 100), bg)))
+    assert e.value.fix
+
+
+def test_barely_visible_speck_is_blank():
+    im = Image.new("L", (100, 100), 255)
+    ImageDraw.Draw(im).line([(50, 20), (50, 80)], fill=250, width=5)  # 2% contrast
+    with pytest.raises(DigitlabError, match="blank"):
+        prepare(encode(im))
+
+
+def test_to_mnist_rejects_bad_arrays():
+    with pytest.raises(DigitlabError, match="2-D"):
+        to_mnist(np.zeros((28, 28, 3)))
+    with pytest.raises(DigitlabError, match="NaN"):
+        to_mnist(np.full((28, 28), np.nan))
+
+
+# --- from_array -----------------------------------------------------------------------------------
+
+def test_from_array_scales_and_normalises(reference):
+    a = reference.numpy()
+    as_255 = np.round(a * 255).astype(np.uint8)
+    torch.testing.assert_close(from_array(as_255.tolist()), reference, atol=2.5e-3, rtol=0)  # ints > 1
+    torch.testing.assert_close(from_array(as_255), reference, atol=2.5e-3, rtol=0)  # uint8
+    torch.testing.assert_close(from_array(a.tolist()), reference, atol=1e-6, rtol=0)  # floats in [0, 1]
+    dark_on_light = from_array((255 - as_255).astype(np.float64))  # floats in [0, 255], inverted
+    torch.testing.assert_close(dark_on_light, reference, atol=2.5e-3, rtol=0)
+
+
+def test_from_array_centres_an_off_centre_drawing(reference):
+    shifted = np.roll(reference.numpy(), (-3, 3), axis=(0, 1))  # stays inside: 4 px margins
+    torch.testing.assert_close(from_array(shifted), reference, atol=1e-6, rtol=0)
+    raw = from_array(shifted, normalize=False)
+    assert raw.dtype == torch.float32 and np.array_equal(raw.numpy(), shifted)
+
+
+@pytest.mark.parametrize("values, message", [
+    (np.zeros((27, 28)), "28x28, got shape \\(27, 28\\)"),
+    (np.zeros((1, 28, 28)), "28x28"),
+    ([[0.0] * 28] * 27 + [[0.0] * 27], "28x28 grid of numbers"),  # ragged
+    ([["a"] * 28] * 28, "grid of numbers"),
+    (np.ones((28, 28)) * 1j, "grid of numbers"),
+    (np.full((28, 28), np.nan), "NaN"),
+    (np.full((28, 28), np.inf), "NaN or infinity"),
+    (np.full((28, 28), -1.0), "\\[0, 1\\] or \\[0, 255\\]"),
+    (np.full((28, 28), 300.0), "max 300"),
+])
+def test_from_array_errors(values, message):
+    with pytest.raises(DigitlabError, match=message) as e:
+        from_array(values)
+    assert e.value.fix
+
+
+def test_from_array_blank_canvas():
+    with pytest.raises(DigitlabError, match="blank"):
+        from_array(np.zeros((28, 28), dtype=np.uint8))
