@@ -31,6 +31,7 @@ def register(sub) -> None:
     p.add_argument("--activation", help="relu, leaky_relu, elu, gelu, silu, sigmoid, tanh")
     p.add_argument("--data-dir", dest="data_dir", help="folder with the IDX files (else $DIGITLAB_DATA, cache, download)")
     p.add_argument("--device", help="auto (default), cpu, cuda, cuda:1, mps")
+    p.add_argument("--protocol", choices=("small", "full"), help="compare only: data protocol (task_args.protocol)")
     p.add_argument("--set", nargs="+", default=[], metavar="KEY=VALUE",
                    help="any config key, e.g. optimizer=sgd nesterov=true augment.rotate=10")
     p.add_argument("--out", type=Path, help="run directory to create (default runs/TASK/<time>-<model>-s<seed>)")
@@ -55,6 +56,8 @@ def run(args) -> int:
     overrides = {k: getattr(args, k) for k in ("model", "epochs", "batch_size", "lr", "seed",
                                                 "activation", "data_dir", "device")
                  if getattr(args, k) is not None}
+    if args.protocol:
+        overrides["task_args.protocol"] = args.protocol
     overrides.update(config.parse_set(args.set))
     if args.quiet:
         overrides.setdefault("progress", False)
