@@ -32,8 +32,11 @@ EPOCH_SEED_STRIDE = 1_000_003
 
 
 def train(cfg: TrainConfig, run_dir: Path | None = None, resume: bool = False,
-          quiet: bool = False) -> Path:
-    """Train `cfg`, writing everything into `run_dir` (a new one if None). Returns the run dir."""
+          quiet: bool = False, on_epoch=None) -> Path:
+    """Train `cfg`, writing everything into `run_dir` (a new one if None). Returns the run dir.
+
+    `on_epoch(record)`, if given, sees each finished epoch's history record on the main process
+    and may raise to abort the run (a tuner's pruning: optuna.TrialPruned)."""
     wall_start = time.perf_counter()
     place = devices.setup(cfg.device, cfg.threads)
     log = (lambda *a: None) if (quiet or not place.is_main) else (lambda *a: print(*a, flush=True))
@@ -41,12 +44,12 @@ def train(cfg: TrainConfig, run_dir: Path | None = None, resume: bool = False,
         if place.is_main:
             run_dir = run_dir or runs.new_run_dir(cfg)
             io.write_json(run_dir / "config.json", cfg.to_dict())
-        return _train(cfg, Path(run_dir) if run_dir else None, resume, place, log, wall_start)
+        return _train(cfg, Path(run_dir) if run_dir else None, resume, place, log, wall_start, on_epoch)
     finally:
         devices.teardown(place)
 
 
-def _train(cfg, run_dir, resume, place, log, wall_start) -> Path | None:
+def _train(cfg, run_dir, resume, place, log, wall_start, on_epoch=None) -> Path | None:
     dev = place.device
     task = get_task(cfg.task)
     torch.manual_seed(cfg.seed)  # same initial weights on every rank
@@ -143,6 +146,8 @@ def _train(cfg, run_dir, resume, place, log, wall_start) -> Path | None:
                 "model": model.state_dict(), "optimizer": optimizer.state_dict(),
                 "schedule": schedule.state_dict(), "scaler": scaler.state_dict()})
         log(_epoch_line(record, cfg.epochs))
+        if on_epoch is not None and place.is_main:
+            on_epoch(record)
         if cfg.target is not None and sign * metric >= sign * cfg.target:
             stop_reason = f"validation {task.primary_metric} reached target {cfg.target}"
             break

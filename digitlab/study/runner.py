@@ -56,6 +56,7 @@ def open_storage(url: str, heartbeat: float = HEARTBEAT_S):
     warnings.filterwarnings("ignore", category=optuna.exceptions.ExperimentalWarning)
     warnings.filterwarnings("ignore", message="Heartbeat of storage is supposed")
     kwargs = {"engine_kwargs": {"connect_args": {"timeout": 60}}} if url.startswith("sqlite") else {}
+    url = _postgres_driver(url)
     try:
         return optuna.storages.RDBStorage(url, heartbeat_interval=max(1, int(heartbeat)),
                                           grace_period=max(3, int(3 * heartbeat)), **kwargs)
@@ -64,6 +65,16 @@ def open_storage(url: str, heartbeat: float = HEARTBEAT_S):
                             "pip install 'digitlab[postgres]' (psycopg2-binary) for PostgreSQL") from None
     except Exception as exc:  # sqlalchemy.exc.OperationalError etc.: name the URL, not a stack
         raise DigitlabError(f"cannot open storage {url}: {exc}", "check the URL and that the server is up") from None
+
+
+def _postgres_driver(url: str) -> str:
+    """SQLAlchemy 2.1 maps postgresql:// to psycopg 3; use psycopg2 (our [postgres] extra) if that is what is installed."""
+    import importlib.util
+
+    if url.startswith(("postgresql://", "postgres://")) and importlib.util.find_spec("psycopg") is None \
+            and importlib.util.find_spec("psycopg2") is not None:
+        return "postgresql+psycopg2://" + url.split("://", 1)[1]
+    return url
 
 
 @contextlib.contextmanager

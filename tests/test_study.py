@@ -1,0 +1,283 @@
+"""Studies: grid expansion, a 4-trial study end to end, resume after a kill, claims that never
+collide (two processes on SQLite, and on a PostgreSQL server started here when installed), reports."""
+
+from __future__ import annotations
+
+import json
+import multiprocessing
+import os
+import pwd
+import re
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import pytest
+import yaml
+
+from digitlab.errors import DigitlabError
+from digitlab.study import report, runner, spec as specs
+
+TINY = {"model": "cnn_r3", "epochs": 1, "subset": 0.01, "val_size": 500, "threads": 1,
+        "schedule": "none", "figures": False, "progress": False}
+
+
+def _study_file(tmp_path: Path, mnist_dir: Path, name: str = "tiny") -> Path:
+    data = {"name": name, "task": "recognize", "base": {**TINY, "data_dir": str(mnist_dir)},
+            "grid": {"lr": [0.003, 0.001, 0.0003, 0.0001]}, "seeds": [0], "metric": "acc"}
+    path = tmp_path / f"{name}.yaml"
+    path.write_text(yaml.safe_dump(data))
+    return path
+
+
+def _trials_by_key(folder: Path) -> dict[str, list]:
+    import optuna
+
+    study = optuna.load_study(study_name=folder.name, storage=runner.open_storage(runner.default_storage(folder)))
+    out: dict[str, list] = {}
+    for t in study.get_trials(deepcopy=False):
+        out.setdefault(t.user_attrs.get("key"), []).append(t.state.name)
+    return out
+
+
+# --------------------------------------------------------------------------- spec
+
+
+def test_grid_expands_settings_times_seeds_with_stable_keys():
+    spec = specs.from_dict({"task": "recognize", "name": "s", "grid": {"optimizer": ["adam", "sgd"], "lr": [0.1, 0.01]},
+                            "seeds": [0, 1], "labels": {"optimizer=adam, lr=0.1": "Adam fast"}})
+    trials = spec.trials({"epochs": 1})
+    assert len(trials) == 8
+    assert trials[0].key == "Adam_fast-s0" and trials[0].label == "Adam fast"
+    assert trials[2].key == "optimizer-adam_lr-0.01-s0"
+    assert trials[3].overrides == {"optimizer": "adam", "lr": 0.01, "seed": 1, "epochs": 1}
+    assert len({t.key for t in trials}) == 8
+
+
+def test_trials_list_and_errors():
+    spec = specs.from_dict({"task": "recognize", "trials": [{"label": "off"}, {"label": "on", "augment": {"rotate": 10}}]})
+    assert [t.key for t in spec.trials()] == ["off-s0", "on-s0"]
+    assert spec.resolve(spec.trials()[1]).augment == {"rotate": 10}
+    with pytest.raises(DigitlabError, match="exactly one of"):
+        specs.from_dict({"task": "recognize", "grid": {"lr": [1]}, "trials": [{}]})
+    with pytest.raises(DigitlabError, match="unknown keys"):
+        specs.from_dict({"task": "recognize", "grid": {"lr": [1]}, "sedes": [1]})
+    bad = specs.from_dict({"task": "recognize", "grid": {"lrr": [1]}})
+    with pytest.raises(DigitlabError, match="unknown config key 'lrr'"):
+        runner.run_study(bad, Path(tempfile.mkdtemp()), {})
+
+
+def test_every_shipped_study_file_parses_and_resolves():
+    root = Path(__file__).resolve().parents[1] / "configs" / "studies"
+    files = sorted(root.glob("*.yaml"))
+    assert len(files) >= 10
+    for path in files:
+        spec = specs.load(path)
+        trials = spec.trials(spec.quick)
+        assert trials and spec.quick, path
+        if spec.task == "recognize":
+            for t in trials:
+                spec.resolve(t)  # every key is a real config key
+
+
+# --------------------------------------------------------------------------- end to end
+
+
+@pytest.fixture(scope="module")
+def tiny_study(tmp_path_factory, mnist_dir):
+    tmp = tmp_path_factory.mktemp("study")
+    path = _study_file(tmp, mnist_dir)
+    folder = tmp / "tiny"
+    counts = runner.run_study(specs.load(path), folder, {}, source=str(path))
+    report.study_report(folder)
+    return folder, counts
+
+
+def test_four_trials_give_four_runs_and_a_four_row_report(tiny_study):
+    folder, counts = tiny_study
+    assert counts == {"trials": 4, "complete": 4}
+    runs = sorted(p.name for p in (folder / "runs").iterdir() if (p / "metrics.json").is_file())
+    assert runs == ["lr-0.0001-s0", "lr-0.0003-s0", "lr-0.001-s0", "lr-0.003-s0"]
+    assert all(states == ["COMPLETE"] for states in _trials_by_key(folder).values())
+    summary = json.loads((folder / "summary.json").read_text())
+    assert [r["setting"] for r in summary["rows"]] == ["lr=0.003", "lr=0.001", "lr=0.0003", "lr=0.0001"]
+    page = (folder / "report.html").read_text()
+    table = page.split("<h2>Summary</h2>")[1].split("</table>")[0]
+    assert table.count("<tr>") == 1 + 4  # header + one row per setting
+    md = (folder / "report.md").read_text()
+    assert "lr=0.0001" in md and "won with" in md and "| setting |" in md
+    # every trial's TensorBoard events sit under the study folder: one logdir shows them all
+    assert len(list(folder.glob("runs/*/tb/**/events.out.tfevents.*"))) >= 4
+
+
+def test_html_report_has_no_external_references(tiny_study):
+    folder, _ = tiny_study
+    page = (folder / "report.html").read_text()
+    assert "<img" in page
+    assert not re.search(r"""(src|href)\s*=\s*["'](?!data:)""", page)
+    assert not re.search(r"https?://|url\(|@import", page)
+
+
+def test_report_command_for_one_and_several_runs(tiny_study, tmp_path):
+    from digitlab.cli import main
+
+    folder, _ = tiny_study
+    runs = sorted((folder / "runs").iterdir())
+    assert main(["report", str(runs[0])]) == 0
+    assert (runs[0] / "report.html").is_file() and (runs[0] / "report.md").is_file()
+    assert main(["report", *map(str, runs[:3]), "-o", str(tmp_path / "cmp")]) == 0
+    assert len(json.loads((tmp_path / "cmp" / "summary.json").read_text())["rows"]) == 3
+    assert main(["report", str(folder)]) == 0  # a study folder: its study report
+
+
+def test_rerun_with_other_settings_is_refused(tiny_study, mnist_dir):
+    folder, _ = tiny_study
+    spec = specs.load(next(folder.parent.glob("*.yaml")))
+    with pytest.raises(DigitlabError, match="other settings"):
+        runner.run_study(spec, folder, {"epochs": 2})
+
+
+def test_killed_study_resumes_without_redoing_finished_trials(tmp_path, mnist_dir):
+    path = _study_file(tmp_path, mnist_dir, "killed")
+    folder = tmp_path / "killed"
+    cmd = [sys.executable, "-m", "digitlab", "study", str(path), "--out", str(folder), "--heartbeat", "1", "--no-report"]
+    proc = subprocess.Popen(cmd, start_new_session=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.monotonic() + 240
+    try:
+        while time.monotonic() < deadline:
+            done = [p for p in (folder / "runs").glob("*/metrics.json")] if (folder / "runs").is_dir() else []
+            if len(done) >= 2:
+                break
+            assert proc.poll() is None, "study ended before it could be killed"
+            time.sleep(0.2)
+    finally:
+        os.killpg(proc.pid, signal.SIGKILL)
+        proc.wait()
+    before = {p.parent.name: p.stat().st_mtime_ns for p in (folder / "runs").glob("*/metrics.json")}
+    assert 2 <= len(before) < 4
+    counts = runner.run_study(specs.load(path), folder, {}, heartbeat=1)
+    assert counts == {"trials": 4, "complete": 4}
+    after = {p.parent.name: p.stat().st_mtime_ns for p in (folder / "runs").glob("*/metrics.json")}
+    assert len(after) == 4
+    assert all(after[k] == v for k, v in before.items())  # finished trials were not run again
+    states = _trials_by_key(folder)
+    assert all(s.count("COMPLETE") == 1 for s in states.values())
+    assert sum(len(s) for k, s in states.items() if k in before) == len(before)
+
+
+def test_two_worker_processes_share_a_study(tmp_path, mnist_dir):
+    path = _study_file(tmp_path, mnist_dir, "two")
+    folder = tmp_path / "two"
+    counts = runner.run_study(specs.load(path), folder, {}, workers=2)
+    assert counts == {"trials": 4, "complete": 4}
+    assert all(s == ["COMPLETE"] for s in _trials_by_key(folder).values())
+
+
+# --------------------------------------------------------------------------- claims under contention
+
+
+def _claim_all(url: str, name: str, keys: list[str], out: str, barrier) -> None:
+    import optuna
+
+    study = optuna.load_study(study_name=name, storage=runner.open_storage(url, 2))
+    trials = [specs.TrialSpec(k, k, 0, {}) for k in keys]
+    barrier.wait()
+    got = []
+    while True:
+        res, busy = runner.claim(study, trials, set())
+        if res is None:
+            if not busy:
+                break
+            time.sleep(0.05)
+            continue
+        trial, ts = res
+        got.append(ts.key)
+        time.sleep(0.02)  # "training"
+        study.tell(trial, 1.0)
+    Path(out).write_text(json.dumps(got))
+
+
+def _race(url: str, tmp_path: Path, n_keys: int = 16) -> None:
+    import optuna
+
+    keys = [f"k{i:02d}" for i in range(n_keys)]
+    trials = [specs.TrialSpec(k, k, 0, {}) for k in keys]
+    runner.open_study(runner.open_storage(url, 2), "race", "max", runner.fingerprint(trials))
+    ctx = multiprocessing.get_context("spawn")
+    barrier = ctx.Barrier(2)
+    outs = [tmp_path / f"w{i}.json" for i in range(2)]
+    procs = [ctx.Process(target=_claim_all, args=(url, "race", keys, str(o), barrier)) for o in outs]
+    for p in procs:
+        p.start()
+    for p in procs:
+        p.join(180)
+        assert p.exitcode == 0
+    a, b = (json.loads(o.read_text()) for o in outs)
+    assert not set(a) & set(b), "two workers ran the same trial"
+    assert sorted(a + b) == keys and a and b
+    study = optuna.load_study(study_name="race", storage=runner.open_storage(url, 2))
+    assert sorted(t.user_attrs["key"] for t in study.get_trials()) == keys  # one trial per key, no extras
+
+
+def test_two_processes_never_claim_the_same_trial_sqlite(tmp_path):
+    _race(f"sqlite:///{tmp_path / 'race.db'}", tmp_path)
+
+
+def test_dead_local_trial_is_reclaimed(tmp_path):
+    import optuna
+
+    url = f"sqlite:///{tmp_path / 'dead.db'}"
+    trials = [specs.TrialSpec("a", "a", 0, {})]
+    study = runner.open_study(runner.open_storage(url, 60), "dead", "max", runner.fingerprint(trials))
+    (trial, _), _ = runner.claim(study, trials, set())
+    dead = subprocess.Popen([sys.executable, "-c", "pass"])
+    dead.wait()
+    study._storage.set_trial_user_attr(trial._trial_id, "pid", dead.pid)  # its owner has exited
+    got, busy = runner.claim(study, trials, set())
+    assert got is not None and got[1].key == "a"
+    assert [t.state.name for t in study.get_trials()] == ["FAIL", "RUNNING"]
+    assert optuna.__version__
+
+
+@pytest.fixture
+def postgres_url():
+    """A throw-away PostgreSQL server (Debian package `postgresql`), or a skip that says why."""
+    bins = sorted(Path("/usr/lib/postgresql").glob("*/bin/initdb"))
+    if not bins:
+        pytest.skip("PostgreSQL server not installed (Debian package `postgresql`)")
+    try:
+        import psycopg2  # noqa: F401
+    except ImportError:
+        pytest.skip("psycopg2 not installed: pip install 'digitlab[postgres]'")
+    bindir = bins[-1].parent
+    prefix: list[str] = []
+    data = Path(tempfile.mkdtemp(prefix="digitlab-pg-"))
+    if os.geteuid() == 0:  # initdb refuses root: run the server as the postgres user
+        try:
+            user = pwd.getpwnam("postgres")
+        except KeyError:
+            pytest.skip("running as root and there is no `postgres` user to run the server")
+        os.chown(data, user.pw_uid, user.pw_gid)
+        prefix = ["runuser", "-u", "postgres", "--"]
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    pg = data / "db"
+    subprocess.run(prefix + [str(bindir / "initdb"), "-D", str(pg), "-A", "trust", "-U", "postgres", "--no-sync"],
+                   check=True, capture_output=True)
+    subprocess.run(prefix + [str(bindir / "pg_ctl"), "-D", str(pg), "-w", "-l", str(data / "log"), "-o",
+                             f"-p {port} -k {data} -h 127.0.0.1 -F", "start"], check=True, capture_output=True)
+    try:
+        yield f"postgresql://postgres@127.0.0.1:{port}/postgres"
+    finally:
+        subprocess.run(prefix + [str(bindir / "pg_ctl"), "-D", str(pg), "-m", "immediate", "stop"], capture_output=True)
+        shutil.rmtree(data, ignore_errors=True)
+
+
+def test_two_processes_never_claim_the_same_trial_postgresql(postgres_url, tmp_path):
+    _race(postgres_url, tmp_path)
