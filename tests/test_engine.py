@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
+import signal
 import subprocess
 import sys
 from pathlib import Path
@@ -103,8 +103,16 @@ def test_ddp_two_gloo_processes_match_one_process_quality(tmp_path):
     cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
            "-m", "digitlab", "train", "recognize", "--preset", "recognize-smoke", "--out", str(run),
            "--quiet", "--set", "figures=false", "tensorboard=false"]
-    proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=300)
-    assert proc.returncode == 0, proc.stderr[-3000:]
+    # Own process group: if it hangs, the timeout kills torchrun AND its worker processes.
+    proc = subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            start_new_session=True)
+    try:
+        _, stderr = proc.communicate(timeout=300)
+    except subprocess.TimeoutExpired:
+        os.killpg(proc.pid, signal.SIGKILL)
+        proc.communicate()
+        pytest.fail("DDP run hung for 300 s")
+    assert proc.returncode == 0, stderr[-3000:]
     ddp = json.loads((run / "metrics.json").read_text())
     assert ddp["world_size"] == 2
     single = loop.train(smoke(), run_dir=_mk(tmp_path / "one"), quiet=True)
