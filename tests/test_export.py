@@ -86,3 +86,34 @@ def test_export_refuses_a_non_run(tmp_path):
         from digitlab.export import export_onnx
 
         export_onnx(tmp_path)
+
+
+@pytest.mark.parametrize("task", ["denoise", "compare"])
+def test_denoise_and_compare_export_and_serve(task, tmp_path, mnist_dir, monkeypatch):
+    """The other tasks' first registered model exports, checks, and serves under both runtimes."""
+    from fastapi.testclient import TestClient
+
+    from digitlab.export import IO_NAMES, export_onnx
+    from digitlab.serve.app import create_app
+
+    models = registry.list_models(task)
+    if not models:
+        pytest.skip(f"no {task} model registered yet")
+    monkeypatch.setenv("DIGITLAB_DATA", str(mnist_dir))
+    run = make_run(tmp_path, task, sorted(models)[0])
+    graph = onnx.load(str(export_onnx(run))).graph
+    assert [i.name for i in graph.input] == IO_NAMES[task][0] and [o.name for o in graph.output] == IO_NAMES[task][1]
+    g = np.zeros((28, 28))
+    g[5:23, 13:15] = 1
+    answers = {}
+    for runtime in ("torch", "onnx"):
+        with TestClient(create_app(**{task: run}, runtime=runtime, runs_root=tmp_path / "none")) as c:
+            if task == "denoise":
+                r = c.post("/api/denoise/pixels", json={"pixels": g.tolist(), "noise": "gaussian", "strength": 0.7})
+                assert r.status_code == 200, r.text
+                answers[runtime] = r.json()["denoised"]
+            else:
+                r = c.post("/api/compare/pixels", json={"a": g.tolist(), "b": g.T.tolist()})
+                assert r.status_code == 200, r.text
+                answers[runtime] = [r.json()["same_probability"]]
+    assert np.allclose(answers["torch"], answers["onnx"], atol=2e-3)
