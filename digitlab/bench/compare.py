@@ -33,6 +33,13 @@ def measure(run: Path, episodes: int = 1000, seed: int = 0) -> dict:
     cfg = load_config(run)
     record: dict = {"run": str(run), "model": cfg.model, "trained_protocol": cfg.task_args.get("protocol", "small"),
                     "params": sum(p.numel() for p in model.parameters())}
+    if (run / "metrics.json").is_file():  # how the run was trained, for the record
+        from digitlab import io
+
+        trained = io.read_json(run / "metrics.json")
+        record["training"] = {k: trained.get(k) for k in ("epochs_run", "best_epoch", "train_seconds", "wall_seconds",
+                                                          "threads", "device", "val_acc", "val_auc")}
+        record["config"] = io.read_json(run / "config.json")
     for protocol in ("small", "full"):
         task = CompareTask()
         task.setup(config.apply_overrides(cfg, {"task_args.protocol": protocol, "task_args.oneshot_episodes": 1,
