@@ -1,0 +1,157 @@
+"""`digitlab bench serve`: requests/s and p50/p99 latency of /api/recognize against the real server.
+
+The server is started exactly as a user starts it (`digitlab serve --recognize RUN`), in its own
+process, on loopback. The client is a minimal asyncio HTTP/1.1 loop over keep-alive connections (one
+per concurrent caller), so the load generator costs little CPU beside the server's. Each request is
+what the page sends: a 280x280 PNG canvas (a real MNIST test digit drawn black on white) as
+multipart/form-data. Any non-200 answer counts as an error.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import io
+import os
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+from pathlib import Path
+
+import numpy as np
+
+from digitlab.bench.common import save_record
+from digitlab.errors import DigitlabError
+
+
+def register(sub) -> None:
+    p = sub.add_parser("serve", help="requests/s and p50/p99 latency of the recognise API on loopback",
+                       epilog="example: digitlab bench serve runs/recognize/<run> --seconds 3 --threads 1")
+    p.add_argument("run", type=Path, nargs="?", help="recognition run (default: the newest)")
+    p.add_argument("--runtime", choices=("torch", "onnx", "both"), default="both")
+    p.add_argument("--concurrency", type=int, nargs="+", default=[1, 16])
+    p.add_argument("--seconds", type=float, default=3.0, help="measured time per setting (after 0.5 s warm-up)")
+    p.add_argument("--threads", type=int, default=1, help="server inference threads")
+    p.add_argument("--out", type=Path, help="JSON path (default benchmarks/serve.json)")
+    p.set_defaults(func=run)
+
+
+def canvas_png(index: int = 0) -> bytes:
+    """A real MNIST test digit as the page would send it: 280x280, black ink on white, PNG."""
+    from PIL import Image
+
+    from digitlab.data.mnist import load_split
+
+    images, _ = load_split("test")
+    img = Image.fromarray(255 - images[index].numpy()).resize((280, 280), Image.Resampling.BILINEAR)
+    buf = io.BytesIO()
+    img.save(buf, "PNG")
+    return buf.getvalue()
+
+
+def multipart(data: bytes, field: str = "image") -> tuple[bytes, str]:
+    boundary = "digitlabbench7d1f"
+    body = (f"--{boundary}\r\nContent-Disposition: form-data; name=\"{field}\"; filename=\"canvas.png\"\r\n"
+            f"Content-Type: image/png\r\n\r\n").encode() + data + f"\r\n--{boundary}--\r\n".encode()
+    return body, f"multipart/form-data; boundary={boundary}"
+
+
+class Server:
+    """`digitlab serve` in a subprocess, ready once /healthz answers."""
+
+    def __init__(self, run: Path, runtime: str, threads: int):
+        with socket.socket() as s:
+            s.bind(("127.0.0.1", 0))
+            self.port = s.getsockname()[1]
+        cmd = [sys.executable, "-m", "digitlab", "serve", "--recognize", str(run), "--port", str(self.port),
+               "--runtime", runtime, "--threads", str(threads)]
+        env = {**os.environ, "OMP_NUM_THREADS": str(threads)}
+        self.proc = subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+        deadline = time.monotonic() + 120
+        while True:
+            try:
+                with urllib.request.urlopen(f"http://127.0.0.1:{self.port}/healthz", timeout=2):
+                    return
+            except OSError:
+                if self.proc.poll() is not None or time.monotonic() > deadline:
+                    self.close()
+                    raise DigitlabError(f"digitlab serve did not start: {self.proc.stdout.read()[-2000:]}",
+                                        "run the same `digitlab serve` command by hand to see why") from None
+                time.sleep(0.2)
+
+    def close(self) -> None:
+        if self.proc.poll() is None:
+            self.proc.terminate()
+            try:
+                self.proc.wait(10)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+
+
+async def _caller(port: int, request: bytes, until: list[float], latencies: list[float], errors: list[str]):
+    reader, writer = await asyncio.open_connection("127.0.0.1", port)
+    try:
+        while time.perf_counter() < until[0]:
+            t0 = time.perf_counter()
+            writer.write(request)
+            await writer.drain()
+            status = (await reader.readline()).split(b" ", 2)
+            length = 0
+            while (line := await reader.readline()) not in (b"\r\n", b""):
+                name, _, value = line.partition(b":")
+                if name.strip().lower() == b"content-length":
+                    length = int(value)
+            await reader.readexactly(length)
+            latencies.append(time.perf_counter() - t0)
+            if len(status) < 2 or status[1] != b"200":
+                errors.append(b" ".join(status).decode(errors="replace").strip())
+    except (OSError, asyncio.IncompleteReadError) as exc:
+        errors.append(f"connection: {exc!r}")
+    finally:
+        writer.close()
+
+
+async def _load(port: int, request: bytes, concurrency: int, seconds: float, warmup: float = 0.5) -> dict:
+    warm_lat, warm_err = [], []
+    await asyncio.gather(*(_caller(port, request, [time.perf_counter() + warmup], warm_lat, warm_err)
+                           for _ in range(concurrency)))
+    latencies, errors = [], []
+    t0 = time.perf_counter()
+    await asyncio.gather(*(_caller(port, request, [t0 + seconds], latencies, errors) for _ in range(concurrency)))
+    elapsed = time.perf_counter() - t0
+    ms = np.asarray(latencies) * 1000
+    return {"concurrency": concurrency, "requests": len(latencies), "seconds": round(elapsed, 3),
+            "requests_per_s": len(latencies) / elapsed, "p50_ms": float(np.percentile(ms, 50)),
+            "p99_ms": float(np.percentile(ms, 99)), "mean_ms": float(ms.mean()),
+            "errors": len(errors) + len(warm_err), "error_samples": (errors + warm_err)[:5]}
+
+
+def run(args) -> int:
+    from digitlab.serve.models import newest_run
+
+    run_dir = args.run or newest_run("recognize")
+    if run_dir is None:
+        raise DigitlabError("no recognition run to serve", "pass a RUN, or train one with `digitlab train recognize`")
+    body, ctype = multipart(canvas_png())
+    request = (f"POST /api/recognize HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: {ctype}\r\n"
+               f"Content-Length: {len(body)}\r\n\r\n").encode() + body
+    runtimes = ["torch", "onnx"] if args.runtime == "both" else [args.runtime]
+    results = []
+    for runtime in runtimes:
+        server = Server(run_dir, runtime, args.threads)
+        try:
+            for c in args.concurrency:
+                r = {"runtime": runtime, **asyncio.run(_load(server.port, request, c, args.seconds))}
+                results.append(r)
+                print(f"{runtime:5s} concurrency {c:3d}: {r['requests_per_s']:7.1f} requests/s, p50 {r['p50_ms']:.2f} ms, "
+                      f"p99 {r['p99_ms']:.2f} ms, {r['errors']} errors ({r['requests']} requests, "
+                      f"server {args.threads} thread(s))", flush=True)
+        finally:
+            server.close()
+    record = {"run": str(run_dir), "endpoint": "POST /api/recognize (multipart 280x280 PNG)",
+              "server_threads": args.threads, "seconds_per_setting": args.seconds, "results": results,
+              "note": "client and server share the machine's CPUs over loopback"}
+    path = save_record("serve", record, args.out)
+    print(f"saved {path}")
+    return 1 if any(r["errors"] for r in results) else 0
