@@ -272,3 +272,26 @@ def test_server_keeps_serving_after_errors(client):
         client.post("/api/recognize/pixels", content=b"", headers={"content-type": "application/json"})
     assert client.get("/healthz").status_code == 200
     assert client.post("/api/recognize", files={"image": ("one.png", drawn_one(), "image/png")}).status_code == 200
+
+
+def test_slow_body_times_out_with_408():
+    """A client that never finishes its body gets 408 after the read timeout instead of holding a worker."""
+    import asyncio
+
+    from digitlab.serve.app import BodyLimit
+
+    async def app(scope, receive, send):  # pragma: no cover - must not be reached
+        raise AssertionError("the app was called with an incomplete body")
+
+    async def receive():
+        await asyncio.sleep(0.05)
+        return {"type": "http.request", "body": b"x", "more_body": True}  # trickles forever
+
+    sent = []
+
+    async def send(message):
+        sent.append(message)
+
+    scope = {"type": "http", "method": "POST", "path": "/api/recognize", "headers": []}
+    asyncio.run(BodyLimit(app, max_bytes=1000, timeout=0.3)(scope, receive, send))
+    assert sent[0]["status"] == 408 and b"did not arrive" in sent[1]["body"]
