@@ -49,6 +49,8 @@ def run(args) -> int:
     if args.workers < 1:
         raise DigitlabError(f"--workers {args.workers}", "use 1 or more")
     extra = dict(spec.quick) if args.quick else {}
+    if args.quick and spec.quick_seeds:
+        spec.seeds = list(spec.quick_seeds)
     if args.epochs is not None:
         extra["epochs"] = args.epochs
     if args.subset is not None:

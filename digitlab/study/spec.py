@@ -8,7 +8,7 @@
     seeds: [0, 1, 2]
     metric: acc                     # the history/metrics suffix compared (val_acc, test_acc)
     mode: max                       # max (default) or min
-    quick: {epochs: 1, subset: 0.05}
+    quick: {epochs: 1, subset: 0.05, seeds: [0]}   # --quick: a smoke version
     labels: {"optimizer=adam": Adam}            # optional display names
 
 Expanding it gives a fixed, ordered list of trial specs; each has a stable `key` that names its
@@ -53,6 +53,7 @@ class StudySpec:
     metric: str = "acc"
     mode: str = "max"
     quick: dict = field(default_factory=dict)
+    quick_seeds: list[int] | None = None   # `quick: {seeds: [0]}`: fewer seeds for the quick version
 
     def trials(self, extra: dict | None = None) -> list[TrialSpec]:
         """Settings x seeds, in file order; `extra` (CLI --epochs/--subset/--set) wins over all."""
@@ -64,7 +65,7 @@ class StudySpec:
                 while key in used:
                     key, n = f"{slug(label)}-{n}-s{seed}", n + 1
                 used.add(key)
-                overrides = {**self.base, **setting, "seed": seed, **(extra or {})}
+                overrides = merge(merge(merge(self.base, setting), {"seed": seed}), extra or {})
                 out.append(TrialSpec(key, label, seed, overrides))
         return out
 
@@ -73,6 +74,17 @@ class StudySpec:
         if self.preset:
             return config.resolve(self.task, self.preset, trial.overrides)
         return config.apply_overrides(config.TrainConfig(task=self.task), {**trial.overrides, "task": self.task})
+
+
+def merge(low: dict, high: dict) -> dict:
+    """high over low; nested sections (model_args, augment, task_args) merge key by key."""
+    out = dict(low)
+    for key, value in high.items():
+        if key in config.DICT_FIELDS and isinstance(value, dict) and isinstance(out.get(key), dict):
+            out[key] = {**out[key], **value}
+        else:
+            out[key] = value
+    return out
 
 
 def slug(text: str) -> str:
@@ -140,5 +152,6 @@ def from_dict(data: dict, where: str = "study") -> StudySpec:
         name=str(data.get("name") or Path(where).stem), task=data["task"], preset=data.get("preset"),
         description=str(data.get("description", "")), base=dict(data.get("base") or {}),
         settings=settings, seeds=seeds, metric=str(data.get("metric", "acc")).removeprefix("val_"),
-        mode=mode, quick=dict(data.get("quick") or {}))
+        mode=mode, quick={k: v for k, v in (data.get("quick") or {}).items() if k != "seeds"},
+        quick_seeds=(data.get("quick") or {}).get("seeds"))
     return spec
