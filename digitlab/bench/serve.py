@@ -149,7 +149,10 @@ def run(args) -> int:
                       f"server {args.threads} thread(s))", flush=True)
         finally:
             server.close()
-    record = {"run": str(run_dir), "endpoint": "POST /api/recognize (multipart 280x280 PNG)",
+    from digitlab import io as dio
+
+    model = dio.read_json(Path(run_dir) / "model.json")
+    record = {"run": str(run_dir), "model": {k: model.get(k) for k in ("model", "model_args", "params")}, "endpoint": "POST /api/recognize (multipart 280x280 PNG)",
               "server_threads": args.threads, "seconds_per_setting": args.seconds, "results": results,
               "note": "client and server share the machine's CPUs over loopback"}
     path = save_record("serve", record, args.out)
