@@ -287,3 +287,31 @@ def postgres_url():
 
 def test_two_processes_never_claim_the_same_trial_postgresql(postgres_url, tmp_path):
     _race(postgres_url, tmp_path)
+
+
+# --------------------------------------------------------------------------- tune
+
+
+def test_tune_runs_tpe_trials_reports_each_epoch_and_writes_best(tmp_path, mnist_dir):
+    import optuna
+
+    from digitlab.study import tune
+
+    space = {"name": "t", "task": "recognize", "metric": "acc", "mode": "max",
+             "base": {**TINY, "model": "digitnet", "epochs": 2, "data_dir": str(mnist_dir)},
+             "params": {"lr": {"low": 1e-4, "high": 1e-2, "log": True},
+                        "model_args.widths": {"choices": [[4, 8], [8, 16]]}}}
+    path = tmp_path / "space.yaml"
+    path.write_text(yaml.safe_dump(space))
+    study = tune.run_tune(tune.load_space(path), tmp_path / "t", 3, {}, seed=0)
+    assert isinstance(study.sampler, optuna.samplers.TPESampler)
+    assert isinstance(study.pruner, optuna.pruners.MedianPruner)
+    trials = study.get_trials()
+    assert len(trials) == 3 and all(t.state.name in ("COMPLETE", "PRUNED") for t in trials)
+    assert all(sorted(t.intermediate_values) == [1, 2] for t in trials if t.state.name == "COMPLETE")
+    best = yaml.safe_load((tmp_path / "t" / "best.yaml").read_text())
+    assert best["lr"] == pytest.approx(study.best_params["lr"])
+    assert best["model_args.widths"] in ([4, 8], [8, 16])  # decoded back from JSON
+    assert (tmp_path / "t" / "report.html").is_file()
+    again = tune.run_tune(tune.load_space(path), tmp_path / "t", 3, {}, seed=0)  # resumes: nothing to do
+    assert len(again.get_trials()) == 3

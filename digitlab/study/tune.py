@@ -136,7 +136,8 @@ def write_results(study, folder: Path, spec: StudySpec, space: dict) -> Path:
                                    sort_keys=False))
     sign = 1 if spec.mode == "max" else -1
     top = sorted(complete, key=lambda t: -sign * t.value)[:TOP_IN_REPORT]
-    groups = [(f"#{t.number} " + ", ".join(f"{k}={v}" for k, v in t.params.items()),
+    groups = [(f"#{t.number} " + ", ".join(f"{k.split('.')[-1]}={v:.3g}" if isinstance(v, float) else
+                                          f"{k.split('.')[-1]}={v}" for k, v in t.params.items()),
                [report.Run(folder / "runs" / t.user_attrs.get("run", f"trial-{t.number:04d}"))]) for t in top]
     pruned = len(study.get_trials(deepcopy=False, states=(TrialState.PRUNED,)))
     notes = [f"{len(complete)} complete and {pruned} pruned trials (TPE sampler, median pruning on "
