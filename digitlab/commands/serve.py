@@ -29,6 +29,7 @@ def run(args) -> int:
     from digitlab.serve.app import create_app
     from digitlab.serve.models import load_engines
 
+    _check_port(args.host, args.port)
     if args.threads:
         torch.set_num_threads(args.threads)
     engines, missing = load_engines({"recognize": args.recognize, "denoise": args.denoise,
@@ -46,3 +47,17 @@ def run(args) -> int:
     app = create_app(engines=engines, missing=missing, runtime=args.runtime)
     uvicorn.run(app, host=args.host, port=args.port, log_level="warning", access_log=args.access_log)
     return 0
+
+
+def _check_port(host: str, port: int) -> None:
+    """Fail before loading models if the address is taken, with a fix (uvicorn would only log it)."""
+    import socket
+
+    from digitlab.errors import DigitlabError
+
+    try:
+        with socket.create_server((host, port)):
+            pass
+    except OSError as exc:
+        raise DigitlabError(f"cannot listen on {host}:{port}: {exc.strerror or exc}",
+                            "pick another port with --port, or stop the program using it") from None
