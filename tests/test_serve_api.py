@@ -295,3 +295,63 @@ def test_slow_body_times_out_with_408():
     scope = {"type": "http", "method": "POST", "path": "/api/recognize", "headers": []}
     asyncio.run(BodyLimit(app, max_bytes=1000, timeout=0.3)(scope, receive, send))
     assert sent[0]["status"] == 408 and b"did not arrive" in sent[1]["body"]
+
+
+@pytest.fixture
+def live_server(run_dir, monkeypatch):
+    """The app under a real uvicorn server on loopback, in a thread (raw-socket tests need real HTTP)."""
+    import socket
+    import threading
+    import time
+
+    import uvicorn
+
+    import digitlab.serve.app as app_module
+
+    monkeypatch.setattr(app_module, "READ_TIMEOUT_S", 0.5)
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    server = uvicorn.Server(uvicorn.Config(create_app(recognize=run_dir, runs_root=run_dir / "none"),
+                                          host="127.0.0.1", port=port, log_level="error"))
+    thread = threading.Thread(target=server.run, daemon=True)
+    thread.start()
+    deadline = time.monotonic() + 20
+    while not server.started:
+        assert time.monotonic() < deadline, "uvicorn did not start"
+        time.sleep(0.05)
+    yield port
+    server.should_exit = True
+    thread.join(10)
+
+
+def raw_request(port: int, head: bytes, body: bytes = b"", wait: float = 5.0) -> tuple[int, dict]:
+    import socket
+
+    with socket.create_connection(("127.0.0.1", port), timeout=wait) as s:
+        s.sendall(head + body)
+        data = b""
+        while b"\r\n\r\n" not in data or not data.endswith(b"}"):
+            chunk = s.recv(65536)
+            if not chunk:
+                break
+            data += chunk
+    status = int(data.split(b" ", 2)[1])
+    return status, json.loads(data.split(b"\r\n\r\n", 1)[1])
+
+
+def test_live_server_refuses_big_body_before_reading_it(live_server):
+    head = (b"POST /api/recognize HTTP/1.1\r\nHost: x\r\nContent-Type: multipart/form-data; boundary=b\r\n"
+            b"Content-Length: 100000000\r\n\r\n")
+    status, body = raw_request(live_server, head)  # no body sent at all: the answer must not wait for it
+    assert status == 413 and "too large" in body["error"]
+
+
+def test_live_server_drops_a_stalled_body_then_keeps_serving(live_server):
+    head = b"POST /api/recognize/pixels HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\nContent-Length: 1000\r\n\r\n"
+    status, body = raw_request(live_server, head, b'{"pixels": [')
+    assert status == 408 and body["fix"]
+    import urllib.request
+
+    with urllib.request.urlopen(f"http://127.0.0.1:{live_server}/healthz", timeout=5) as r:
+        assert r.status == 200
