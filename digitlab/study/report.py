@@ -307,6 +307,8 @@ def study_report(folder: str | Path) -> Path:
     what = (f"{spec.task} · {first.get('model', '?')} · {first.get('epochs', '?')} epochs · "
             f"subset {first.get('subset', 1.0)} · seeds {spec.seeds}")
     desc = f"{spec.description} ({what})" if spec.description else what
+    notes.append(f"Every trial's run directory is under runs/; TensorBoard shows them side by side with "
+                 f"their hyper-parameters: tensorboard --logdir {folder.name}")
     return render(groups_list, folder, f"Study {spec.name}", spec.metric, spec.mode, desc, notes)
 
 
