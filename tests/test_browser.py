@@ -100,6 +100,8 @@ def test_draw_a_one_and_see_it_recognised(server, browser):
     errors = []
     page.on("pageerror", lambda e: errors.append(str(e)))
     page.on("console", lambda m: errors.append(m.text) if m.type == "error" else None)
+    requested = []
+    page.on("request", lambda r: requested.append(r.url))
     page.goto(server + "/")
     page.wait_for_function("document.querySelector('#tab-denoise .missing') && "
                            "!document.querySelector('#tab-denoise .missing').hidden")
@@ -116,7 +118,17 @@ def test_draw_a_one_and_see_it_recognised(server, browser):
                          ".getImageData(0, 0, 28, 28).data).filter((v, i) => i % 4 === 0 && v > 128).length")
     assert 20 < seen < 300  # the 28x28 input shows a stroke, not a blank or full square
 
+    page.click("#rec-clear")
+    assert page.locator("#rec-digit").text_content() == "?" and page.locator("#rec-bars .bar").count() == 0
+    stroke(page, "#rec-canvas", [(0.25, 0.2), (0.72, 0.2), (0.42, 0.85)])  # a "7": bar, then diagonal
+    page.wait_for_function("document.getElementById('rec-digit').textContent !== '?'", timeout=10_000)
+    time.sleep(0.5)
+    page.screenshot(path=str(ARTIFACTS / "browser-recognize-7.png"), full_page=True)
+    assert page.locator("#rec-digit").text_content() == "7"
+
     page.click("button[data-tab=denoise]")
     assert "digitlab train denoise" in page.locator("#tab-denoise .missing").text_content()
     assert not errors, errors
+    outside = [u for u in requested if not u.startswith((server, "data:"))]
+    assert not outside, f"the page must work offline (no CDN), but it fetched {outside}"
     page.close()
