@@ -112,6 +112,17 @@ def test_pixels_and_batch_agree(client, run_dir):
         assert np.allclose(res["probabilities"], want, atol=1e-5)
 
 
+def test_batch_of_uploads(client, run_dir):
+    files = [("images", ("a.png", drawn_one(), "image/png")), ("images", ("b.jpg", drawn_one(fmt="JPEG"), "image/jpeg"))]
+    r = client.post("/api/recognize/files", files=files)
+    assert r.status_code == 200, r.text
+    single = client.post("/api/recognize", files={"image": ("a.png", drawn_one(), "image/png")}).json()
+    results = r.json()["results"]
+    assert len(results) == 2 and np.allclose(results[0]["probabilities"], single["probabilities"], atol=1e-6)
+    bad = client.post("/api/recognize/files", files=[files[0], ("images", ("c.png", b"junk", "image/png"))])
+    assert_error(bad, 400, "images[1] (c.png)", "not an image")
+
+
 def test_healthz_models_and_openapi(client, run_dir):
     assert client.get("/healthz").json() == {"status": "ok", "tasks": ["recognize"]}
     m = client.get("/api/models").json()
@@ -120,7 +131,7 @@ def test_healthz_models_and_openapi(client, run_dir):
     assert "train one with `digitlab train denoise`" in m["missing"]["denoise"]
     assert "digitlab train compare" in m["missing"]["compare"]
     paths = client.get("/openapi.json").json()["paths"]
-    for p in ("/api/recognize", "/api/recognize/pixels", "/api/recognize/batch", "/api/denoise", "/api/compare",
+    for p in ("/api/recognize", "/api/recognize/pixels", "/api/recognize/batch", "/api/recognize/files", "/api/denoise", "/api/compare",
               "/api/models", "/healthz"):
         assert p in paths
     page = client.get("/")

@@ -29,7 +29,7 @@ from digitlab.serve.models import Engine, load_engines
 STATIC = Path(__file__).parent / "static"
 READ_TIMEOUT_S = 10.0  # the whole body must arrive within this
 ERRORS = {code: {"model": S.ErrorResponse} for code in (400, 408, 413, 415, 422, 503)}
-FORM_PATHS = {"/api/recognize", "/api/denoise", "/api/compare"}
+FORM_PATHS = {"/api/recognize", "/api/recognize/files", "/api/denoise", "/api/compare"}
 
 
 def create_app(recognize: str | Path | None = None, denoise: str | Path | None = None,
@@ -107,6 +107,16 @@ def create_app(recognize: str | Path | None = None, denoise: str | Path | None =
         e = engine(request, "recognize")
         images = [from_pixels(px, body.normalize, f"images[{i}]") for i, px in enumerate(body.images)]
         return {"run": e.run.name, "results": run_recognise(e, images)}
+
+    @app.post("/api/recognize/files", response_model=S.BatchResponse, responses=ERRORS,
+              summary=f"recognise up to {S.MAX_BATCH} uploaded images (repeated multipart field 'images')")
+    def recognize_files(request: Request, images: list[UploadFile] = File(description="PNG, JPEG, BMP or WebP")):
+        e = engine(request, "recognize")
+        if len(images) > S.MAX_BATCH:
+            raise ApiError(422, f"{len(images)} images in one request, the limit is {S.MAX_BATCH}",
+                           "split them over several requests")
+        prepared = [from_upload(f.file.read(), f"images[{i}] ({f.filename})") for i, f in enumerate(images)]
+        return {"run": e.run.name, "results": run_recognise(e, prepared)}
 
     # --- denoise ---------------------------------------------------------------------------------
 
