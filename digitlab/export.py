@@ -58,7 +58,8 @@ def export_onnx(run: str | Path, out: str | Path | None = None, check: bool = Tr
     from digitlab import io
 
     with io.atomic_path(out) as tmp, warnings.catch_warnings():
-        warnings.simplefilter("ignore")  # the TorchScript exporter's deprecation notice; it works and needs no onnxscript
+        # The TorchScript exporter warns that it is deprecated; it works here and needs no onnxscript.
+        warnings.simplefilter("ignore")
         torch.onnx.export(_Flat(model, task).eval(), example, str(tmp), input_names=inputs, output_names=outputs,
                           dynamic_axes=axes, opset_version=OPSET, dynamo=False)
     if check:

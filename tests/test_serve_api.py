@@ -113,7 +113,8 @@ def test_pixels_and_batch_agree(client, run_dir):
 
 
 def test_batch_of_uploads(client, run_dir):
-    files = [("images", ("a.png", drawn_one(), "image/png")), ("images", ("b.jpg", drawn_one(fmt="JPEG"), "image/jpeg"))]
+    files = [("images", ("a.png", drawn_one(), "image/png")),
+             ("images", ("b.jpg", drawn_one(fmt="JPEG"), "image/jpeg"))]
     r = client.post("/api/recognize/files", files=files)
     assert r.status_code == 200, r.text
     single = client.post("/api/recognize", files={"image": ("a.png", drawn_one(), "image/png")}).json()
@@ -131,7 +132,8 @@ def test_healthz_models_and_openapi(client, run_dir):
     assert "train one with `digitlab train denoise`" in m["missing"]["denoise"]
     assert "digitlab train compare" in m["missing"]["compare"]
     paths = client.get("/openapi.json").json()["paths"]
-    for p in ("/api/recognize", "/api/recognize/pixels", "/api/recognize/batch", "/api/recognize/files", "/api/denoise", "/api/compare",
+    for p in ("/api/recognize", "/api/recognize/pixels", "/api/recognize/batch", "/api/recognize/files",
+              "/api/denoise", "/api/compare",
               "/api/models", "/healthz"):
         assert p in paths
     page = client.get("/")
@@ -175,11 +177,13 @@ def test_denoise_and_compare_endpoints_with_stand_in_models(run_dir):
         again = c.post("/api/denoise", files={"image": ("one.png", drawn_one(), "image/png")},
                        data={"noise": "salt_pepper", "strength": "0.8", "seed": "3"}).json()
         assert again["noisy"] == body["noisy"]  # seeded
-        r = c.post("/api/denoise", files={"image": ("n.png", drawn_one(28), "image/png")}, data={"already_noisy": "true"})
+        r = c.post("/api/denoise", files={"image": ("n.png", drawn_one(28), "image/png")},
+                   data={"already_noisy": "true"})
         assert r.status_code == 200 and r.json()["clean"] is None and r.json()["noise_added"] == "none"
         assert_error(c.post("/api/denoise/pixels", json={"pixels": np.eye(28).tolist(), "noise": "pink"}),
                      422, "unknown noise kind")
-        r = c.post("/api/compare", files={"a": ("a.png", drawn_one(), "image/png"), "b": ("b.png", drawn_one(), "image/png")})
+        pair = {"a": ("a.png", drawn_one(), "image/png"), "b": ("b.png", drawn_one(), "image/png")}
+        r = c.post("/api/compare", files=pair)
         assert r.status_code == 200 and abs(r.json()["same_probability"] - 1 / (1 + np.exp(-2))) < 1e-6
 
 
@@ -231,8 +235,8 @@ def test_wrong_array_values(client):
     bad = json.dumps({"pixels": [[float("nan")] * 28] * 28})  # Python's json writes NaN
     assert_error(client.post("/api/recognize/pixels", content=bad, headers={"content-type": "application/json"}), 422)
     assert_error(client.post("/api/recognize/pixels", json={"pixels": [["a"] * 28] * 28}), 422)
-    assert_error(client.post("/api/recognize/pixels", content=b"{not json", headers={"content-type": "application/json"}),
-                 422)
+    r = client.post("/api/recognize/pixels", content=b"{not json", headers={"content-type": "application/json"})
+    assert_error(r, 422)
 
 
 def test_batch_limits(client):
@@ -359,7 +363,8 @@ def test_live_server_refuses_big_body_before_reading_it(live_server):
 
 
 def test_live_server_drops_a_stalled_body_then_keeps_serving(live_server):
-    head = b"POST /api/recognize/pixels HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\nContent-Length: 1000\r\n\r\n"
+    head = (b"POST /api/recognize/pixels HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+            b"Content-Length: 1000\r\n\r\n")
     status, body = raw_request(live_server, head, b'{"pixels": [')
     assert status == 408 and body["fix"]
     import urllib.request

@@ -144,7 +144,8 @@ def run(args) -> int:
             for c in args.concurrency:
                 r = {"runtime": runtime, **asyncio.run(_load(server.port, request, c, args.seconds))}
                 results.append(r)
-                print(f"{runtime:5s} concurrency {c:3d}: {r['requests_per_s']:7.1f} requests/s, p50 {r['p50_ms']:.2f} ms, "
+                print(f"{runtime:5s} concurrency {c:3d}: {r['requests_per_s']:7.1f} requests/s, "
+                      f"p50 {r['p50_ms']:.2f} ms, "
                       f"p99 {r['p99_ms']:.2f} ms, {r['errors']} errors ({r['requests']} requests, "
                       f"server {args.threads} thread(s))", flush=True)
         finally:
@@ -152,7 +153,8 @@ def run(args) -> int:
     from digitlab import io as dio
 
     model = dio.read_json(Path(run_dir) / "model.json")
-    record = {"run": str(run_dir), "model": {k: model.get(k) for k in ("model", "model_args", "params")}, "endpoint": "POST /api/recognize (multipart 280x280 PNG)",
+    record = {"run": str(run_dir), "model": {k: model.get(k) for k in ("model", "model_args", "params")},
+              "endpoint": "POST /api/recognize (multipart 280x280 PNG)",
               "server_threads": args.threads, "seconds_per_setting": args.seconds, "results": results,
               "note": "client and server share the machine's CPUs over loopback"}
     path = save_record("serve", record, args.out)

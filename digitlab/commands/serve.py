@@ -43,7 +43,8 @@ def run(args) -> int:
     if args.host not in ("127.0.0.1", "localhost", "::1"):
         print(f"warning: binding {args.host} exposes the server to other machines; it has no authentication")
     print(f"open http://{'localhost' if args.host == '127.0.0.1' else args.host}:{args.port}/  "
-          f"(API reference at /static/api.html, OpenAPI at /openapi.json; {torch.get_num_threads()} threads)", flush=True)
+          f"(API reference at /static/api.html, OpenAPI at /openapi.json; {torch.get_num_threads()} threads)",
+          flush=True)
     app = create_app(engines=engines, missing=missing, runtime=args.runtime)
     uvicorn.run(app, host=args.host, port=args.port, log_level="warning", access_log=args.access_log)
     return 0
