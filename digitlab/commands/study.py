@@ -27,7 +27,8 @@ def register(sub) -> None:
     p.add_argument("--subset", type=float, help="fraction of the training split for every trial")
     p.add_argument("--quick", action="store_true", help="use the file's `quick:` settings (default folder NAME-quick)")
     p.add_argument("--workers", type=int, default=1, help="trials run in parallel processes (default 1)")
-    p.add_argument("--storage", help="Optuna database URL shared by workers/machines (default sqlite:///STUDY/optuna.db)")
+    p.add_argument("--storage", help="Optuna database URL shared by workers/machines (default sqlite:///STUDY/optuna.db); "
+                                     "on each machine run the same command with the same --out folder name")
     p.add_argument("--out", type=Path, help="study folder (default $DIGITLAB_RUNS/studies/NAME, i.e. runs/studies/NAME)")
     p.add_argument("--set", nargs="+", default=[], metavar="KEY=VALUE", help="config overrides for every trial")
     p.add_argument("--heartbeat", type=float, default=10.0,
