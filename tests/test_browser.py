@@ -41,17 +41,15 @@ def trained_run(tmp_path_factory, mnist_dir) -> Path:
     return out
 
 
-@pytest.fixture(scope="module")
-def server(trained_run, tmp_path_factory):
-    """`digitlab serve --recognize RUN --port P`, the README command, until /healthz answers."""
+def _serve(runs_root: Path, *flags: str):
+    """`digitlab serve ... --port P`, the README command, until /healthz answers."""
     port = _free_port()
-    env = {**os.environ, "DIGITLAB_RUNS": str(tmp_path_factory.mktemp("empty-runs"))}
-    proc = subprocess.Popen([sys.executable, "-m", "digitlab", "serve", "--recognize", str(trained_run),
-                             "--port", str(port), "--threads", "1"], env=env,
-                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    env = {**os.environ, "DIGITLAB_RUNS": str(runs_root)}
+    proc = subprocess.Popen([sys.executable, "-m", "digitlab", "serve", *flags, "--port", str(port), "--threads", "1"],
+                            env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     url = f"http://127.0.0.1:{port}"
     try:
-        deadline = time.monotonic() + 60
+        deadline = time.monotonic() + 90
         while True:
             try:
                 with urllib.request.urlopen(url + "/healthz", timeout=2) as r:
@@ -70,6 +68,41 @@ def server(trained_run, tmp_path_factory):
             proc.wait(10)
         except subprocess.TimeoutExpired:
             proc.kill()
+
+
+@pytest.fixture(scope="module")
+def server(trained_run, tmp_path_factory):
+    yield from _serve(tmp_path_factory.mktemp("empty-runs"), "--recognize", str(trained_run))
+
+
+def _untrained_run(root: Path, task: str) -> Path:
+    """A run of the task's first registered model with seeded untrained weights: exercises the page only."""
+    import torch
+
+    from digitlab import io as dio
+    from digitlab.config import resolve
+    from digitlab.engine import run as runs
+    from digitlab.models import registry
+
+    models = registry.list_models(task)
+    if not models:
+        pytest.skip(f"no {task} model registered yet")
+    cfg = resolve(task, None, {"model": sorted(models)[0]})
+    run = root / task / "untrained"
+    run.mkdir(parents=True)
+    torch.manual_seed(0)
+    dio.write_json(run / "config.json", cfg.to_dict())
+    runs.save_model(run, registry.create(cfg.model, **cfg.model_kwargs()).eval(), cfg)
+    dio.write_json(run / "metrics.json", {})
+    return run
+
+
+@pytest.fixture(scope="module")
+def server_all_tasks(trained_run, tmp_path_factory):
+    """Recognise with the trained run; denoise and compare found as the newest runs under DIGITLAB_RUNS."""
+    root = tmp_path_factory.mktemp("runs-all")
+    _untrained_run(root, "denoise"), _untrained_run(root, "compare")
+    yield from _serve(root, "--recognize", str(trained_run))
 
 
 @pytest.fixture(scope="module")
@@ -131,4 +164,34 @@ def test_draw_a_one_and_see_it_recognised(server, browser):
     assert not errors, errors
     outside = [u for u in requested if not u.startswith((server, "data:"))]
     assert not outside, f"the page must work offline (no CDN), but it fetched {outside}"
+    page.close()
+
+
+def test_denoise_and_compare_tabs(server_all_tasks, browser):
+    """The other tabs draw, call the API and show their answers (untrained models: plumbing only)."""
+    page = browser.new_page(viewport={"width": 1100, "height": 700}, bypass_csp=True)
+    errors = []
+    page.on("pageerror", lambda e: errors.append(str(e)))
+    page.goto(server_all_tasks + "/")
+    page.wait_for_function("document.getElementById('den-kind').options.length === 7")
+    page.click("button[data-tab=denoise]")
+    assert page.locator("#tab-denoise .missing").is_hidden()
+    page.select_option("#den-kind", "salt_pepper")
+    stroke(page, "#den-canvas", [(0.25, 0.2), (0.72, 0.2), (0.42, 0.85)])
+    page.wait_for_function("document.getElementById('den-found').textContent !== '?'", timeout=10_000)
+    noisy_lit = page.evaluate("Array.from(document.getElementById('den-noisy').getContext('2d')"
+                              ".getImageData(0, 0, 28, 28).data).filter((v, i) => i % 4 === 0 && v > 128).length")
+    assert noisy_lit > 40  # the 7 plus salt
+    assert page.locator("#den-bars .bar").count() == 6
+    ARTIFACTS.mkdir(exist_ok=True)
+    page.screenshot(path=str(ARTIFACTS / "browser-denoise.png"))
+
+    page.click("button[data-tab=compare]")
+    stroke(page, "#cmp-a", [(0.25, 0.2), (0.72, 0.2), (0.42, 0.85)])
+    stroke(page, "#cmp-b", [(0.5, 0.15), (0.5, 0.85)])
+    page.wait_for_function("document.getElementById('cmp-prob').textContent.endsWith('%')", timeout=10_000)
+    p = float(page.locator("#cmp-prob").text_content().rstrip("%"))
+    assert 0 <= p <= 100
+    page.screenshot(path=str(ARTIFACTS / "browser-compare.png"))
+    assert not errors, errors
     page.close()
