@@ -198,3 +198,13 @@ def test_unknown_task_arg_is_an_error():
     cfg = config.resolve("compare", "compare-r5", {"task_args.protocl": "full"})
     with pytest.raises(DigitlabError, match="unknown compare task_args"):
         compare.task_options(cfg)
+
+
+def test_train_protocol_flag(monkeypatch):
+    from digitlab import cli
+    from digitlab.engine import loop
+
+    seen = {}
+    monkeypatch.setattr(loop, "train", lambda cfg, **kw: seen.setdefault("cfg", cfg))
+    assert cli.main(["train", "compare", "--protocol", "full"]) == 0
+    assert seen["cfg"].task_args["protocol"] == "full" and seen["cfg"].model == "siamese_plus"
