@@ -123,7 +123,10 @@ def _match(h: torch.Tensor, ref: torch.Tensor) -> torch.Tensor:
 @register("unet_r1", task="denoise")
 def unet_r1(widths=(64, 128), bottleneck: int = 256, skip: str = "concat", batchnorm: bool = True,
             activation: str = "relu", kind_head: bool = True) -> UNet:
-    """R1 exactly: [64,128] + 256, concat skips, BN, ReLU, Sigmoid (~1.17M) + a 1.5k linear kind head."""
+    """R1 exactly: [64,128] + 256, concat skips, BN, ReLU, Sigmoid, plus a 1,542-parameter linear kind head.
+
+    R1 says "about 1.2M parameters", but the layers it lists count 1,862,977; we build the layers.
+    """
     return UNet(widths, bottleneck, skip, batchnorm, activation, residual=False,
                 head="bottleneck" if kind_head else "none")
 
@@ -131,6 +134,6 @@ def unet_r1(widths=(64, 128), bottleneck: int = 256, skip: str = "concat", batch
 @register("denoiser", task="denoise")
 def denoiser(widths=(32, 64), bottleneck: int = 128, skip: str = "concat", batchnorm: bool = True,
              activation: str = "relu", residual: bool = True, head: str = "multi") -> UNet:
-    """digitlab's own: a narrower U-Net (~0.47M) that predicts the noise (clean = clip(x - r)) and
+    """digitlab's own: a narrower U-Net (487,527 parameters) that predicts the noise (clean = clip(x - r)) and
     names the kind from mean/max-pooled full-resolution and bottleneck features."""
     return UNet(widths, bottleneck, skip, batchnorm, activation, residual=residual, head=head)
