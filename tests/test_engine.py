@@ -143,3 +143,16 @@ def test_cli_errors_exit_nonzero_with_the_fix(tmp_path, capsys):
 def _mk(path: Path) -> Path:
     path.mkdir(parents=True)
     return path
+
+
+@pytest.mark.parametrize("steps", [1, 2, 3, 4, 7])
+def test_onecycle_survives_very_short_runs(steps):
+    from digitlab.engine.optim import Schedule, make_optimizer
+
+    cfg = smoke(epochs=1, schedule="onecycle")
+    opt = make_optimizer(cfg, [torch.nn.Parameter(torch.zeros(1))])
+    schedule = Schedule(cfg, opt, steps)
+    for _ in range(steps):
+        opt.step()
+        schedule.after_batch()
+    assert opt.param_groups[0]["lr"] <= cfg.lr

@@ -37,9 +37,13 @@ class Schedule:
             self.scheduler = lr_scheduler.StepLR(optimizer, step_size=cfg.step_size, gamma=cfg.gamma)
         elif self.kind == "cosine":
             self.scheduler = lr_scheduler.CosineAnnealingLR(optimizer, T_max=total, eta_min=cfg.min_lr)
-        elif self.kind == "onecycle":
+        elif self.kind == "onecycle" and total >= 4:
+            # OneCycleLR divides by the length of each phase: give the warm-up at least 2 steps.
+            pct = min(max(cfg.warmup_frac, 2 / total), 1 - 2 / total)
             self.scheduler = lr_scheduler.OneCycleLR(optimizer, max_lr=cfg.lr, total_steps=total,
-                                                     pct_start=cfg.warmup_frac)
+                                                     pct_start=pct)
+        elif self.kind == "onecycle":
+            self.kind = "none"  # fewer than 4 steps in all: no room for a cycle, keep lr constant
         elif self.kind == "plateau":
             self.scheduler = lr_scheduler.ReduceLROnPlateau(
                 optimizer, mode=mode, factor=cfg.plateau_factor, patience=cfg.plateau_patience,
