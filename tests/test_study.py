@@ -28,8 +28,8 @@ TINY = {"model": "cnn_r3", "epochs": 1, "subset": 0.01, "val_size": 500, "thread
         "schedule": "none", "figures": False, "progress": False}
 
 
-def _study_file(tmp_path: Path, mnist_dir: Path, name: str = "tiny") -> Path:
-    data = {"name": name, "task": "recognize", "base": {**TINY, "data_dir": str(mnist_dir)},
+def _study_file(tmp_path: Path, mnist_dir: Path, name: str = "tiny", **base) -> Path:
+    data = {"name": name, "task": "recognize", "base": {**TINY, "data_dir": str(mnist_dir), **base},
             "grid": {"lr": [0.003, 0.001, 0.0003, 0.0001]}, "seeds": [0], "metric": "acc"}
     path = tmp_path / f"{name}.yaml"
     path.write_text(yaml.safe_dump(data))
@@ -144,10 +144,12 @@ def test_rerun_with_other_settings_is_refused(tiny_study, mnist_dir):
 
 
 def test_killed_study_resumes_without_redoing_finished_trials(tmp_path, mnist_dir):
-    path = _study_file(tmp_path, mnist_dir, "killed")
+    # Several epochs per trial: a wide window between the 2nd and 3rd trial finishing, even on a quiet machine.
+    path = _study_file(tmp_path, mnist_dir, "killed", epochs=6)
     folder = tmp_path / "killed"
     cmd = [sys.executable, "-m", "digitlab", "study", str(path), "--out", str(folder), "--heartbeat", "1", "--no-report"]
-    proc = subprocess.Popen(cmd, start_new_session=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    log = open(tmp_path / "study.log", "w")
+    proc = subprocess.Popen(cmd, start_new_session=True, stdout=log, stderr=subprocess.STDOUT)
     deadline = time.monotonic() + 240
 
     def complete() -> list[str]:
@@ -159,11 +161,13 @@ def test_killed_study_resumes_without_redoing_finished_trials(tmp_path, mnist_di
 
     try:
         while time.monotonic() < deadline and len(complete()) < 2:
-            assert proc.poll() is None, "study ended before it could be killed"
-            time.sleep(0.2)
+            assert proc.poll() is None, "study ended before it could be killed:\n" + (tmp_path / "study.log").read_text()[-2000:]
+            time.sleep(0.1)
     finally:
-        os.killpg(proc.pid, signal.SIGKILL)
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(proc.pid, signal.SIGKILL)
         proc.wait()
+        log.close()
     before = {k: (folder / "runs" / k / "metrics.json").stat().st_mtime_ns for k in complete()}
     assert 2 <= len(before) < 4
     counts = runner.run_study(specs.load(path), folder, {}, heartbeat=1)
