@@ -111,6 +111,7 @@ def test_unet_r1_is_r1s_architecture():
     ("unet_r1", {}), ("unet_r1", {"skip": "add"}), ("unet_r1", {"skip": "none", "batchnorm": False}),
     ("unet_r1", {"bottleneck": 0}), ("unet_r1", {"widths": [8, 16, 32], "bottleneck": 64}),
     ("unet_r1", {"activation": "silu", "widths": [8, 16]}), ("denoiser", {}), ("denoiser", {"residual": False}),
+    ("denoiser", {"head": "multi"}),
 ])
 def test_denoise_models_return_clean_image_and_kind_logits(name, args):
     m = registry.create(name, **args).eval()
@@ -125,6 +126,38 @@ def test_denoiser_is_residual_and_smaller_than_r1():
     torch.nn.init.zeros_(m.out.weight), torch.nn.init.zeros_(m.out.bias)  # predicted noise r = 0
     x = torch.rand(2, 1, 28, 28)
     assert torch.equal(m(x)[0], x)
+
+
+def test_noise_stats_head_reads_the_residual_without_steering_the_denoiser():
+    m = registry.create("denoiser", widths=[8, 16], bottleneck=16).train()
+    x = torch.rand(1, 1, 28, 28)  # a last training batch of one image must work (no BatchNorm in the head)
+    clean, logits = m(x)
+    # gradients of the kind logits reach the head but not the denoiser through the (detached) clean estimate
+    logits.sum().backward()
+    assert m.kind[0].weight.grad.abs().sum() > 0
+    assert m.out.weight.grad is None or m.out.weight.grad.abs().sum() == 0
+    # the stats see the residual: the same noisy image with another clean estimate gives other features
+    stats = m.stats(x, clean)
+    assert not torch.allclose(stats, m.stats(x, torch.zeros_like(clean)))
+
+
+def test_noise_stats_match_hand_computed_moments():
+    from digitlab.models.unet import NoiseStats
+    clean = torch.zeros(1, 1, 28, 28)
+    clean[..., :14, :] = 1.0  # half background (band 0), half full ink (last band)
+    noisy = clean.clone()
+    noisy[..., 14:, :] = 0.5  # background residual 0.5 everywhere; ink untouched (r = 0, all clipped at 1)
+    f = NoiseStats().features(noisy, clean).view(5, 5)
+    assert torch.allclose(f[0, :3], torch.log(torch.tensor([0.25, 0.5, 0.0625]) + 1e-6))
+    assert f[0, 3:].tolist() == [0.0, 0.0] and f[4, 3:].tolist() == [0.0, 1.0]
+    assert torch.allclose(f[4, :3], torch.full((3,), math.log(1e-6)))
+    assert torch.allclose(f[1:4, :3], torch.full((3, 3), math.log(1e-6)))  # empty bands: the log floor
+    assert f[1:4, 3:].abs().sum() == 0
+
+
+def test_bad_kind_head_is_a_clear_error():
+    with pytest.raises(DigitlabError, match="kind head"):
+        registry.create("denoiser", head="attention")
 
 
 def test_model_without_kind_head_returns_zero_logits():
