@@ -136,6 +136,18 @@ def test_report_command_for_one_and_several_runs(tiny_study, tmp_path):
     assert main(["report", str(folder)]) == 0  # a study folder: its study report
 
 
+def test_seeds_option_replaces_the_files_seeds(tmp_path, mnist_dir):
+    from digitlab.cli import main
+
+    path = tmp_path / "one.yaml"
+    path.write_text(yaml.safe_dump({"name": "one", "task": "recognize", "base": {**TINY, "data_dir": str(mnist_dir)},
+                                    "trials": [{"label": "base"}], "seeds": [0, 1, 2]}))
+    folder = tmp_path / "one"
+    assert main(["study", str(path), "--seeds", "7", "--out", str(folder), "--no-report"]) == 0
+    assert [p.name for p in (folder / "runs").iterdir()] == ["base-s7"]
+    assert json.loads((folder / "runs" / "base-s7" / "config.json").read_text())["seed"] == 7
+
+
 def test_rerun_with_other_settings_is_refused(tiny_study, mnist_dir):
     folder, _ = tiny_study
     spec = specs.load(next(folder.parent.glob("*.yaml")))

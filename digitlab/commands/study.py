@@ -20,11 +20,13 @@ def register(sub) -> None:
         epilog="examples:\n"
                "  digitlab study configs/studies/r2-optimizer.yaml --quick\n"
                "  digitlab study configs/studies/r2-activation.yaml --epochs 5 --workers 2\n"
+               "  digitlab study configs/studies/r2-optimizer.yaml --seeds 0            # one seed of each setting\n"
                "  digitlab study configs/studies/r1-skip.yaml --storage postgresql://user@host/db   # many machines\n"
                "  tensorboard --logdir runs/studies/r2-optimizer     # every trial with its hparams")
     p.add_argument("file", type=Path, help="study YAML (configs/studies/NAME.yaml)")
     p.add_argument("--epochs", type=int, help="override the epochs of every trial")
     p.add_argument("--subset", type=float, help="fraction of the training split for every trial")
+    p.add_argument("--seeds", type=int, nargs="+", help="seeds to run instead of the file's (e.g. --seeds 0)")
     p.add_argument("--quick", action="store_true", help="use the file's `quick:` settings (default folder NAME-quick)")
     p.add_argument("--workers", type=int, default=1, help="trials run in parallel processes (default 1)")
     p.add_argument("--storage", help="Optuna database URL shared by workers/machines (default sqlite:///STUDY/optuna.db); "
@@ -52,6 +54,8 @@ def run(args) -> int:
     extra = dict(spec.quick) if args.quick else {}
     if args.quick and spec.quick_seeds:
         spec.seeds = list(spec.quick_seeds)
+    if args.seeds:
+        spec.seeds = list(args.seeds)
     if args.epochs is not None:
         extra["epochs"] = args.epochs
     if args.subset is not None:
