@@ -146,6 +146,12 @@ def test_seeds_option_replaces_the_files_seeds(tmp_path, mnist_dir):
     assert main(["study", str(path), "--seeds", "7", "--out", str(folder), "--no-report"]) == 0
     assert [p.name for p in (folder / "runs").iterdir()] == ["base-s7"]
     assert json.loads((folder / "runs" / "base-s7" / "config.json").read_text())["seed"] == 7
+    # more seeds later: the study grows, the finished trial is kept, not run again
+    first = (folder / "runs" / "base-s7" / "metrics.json").stat().st_mtime_ns
+    assert main(["study", str(path), "--seeds", "7", "8", "--out", str(folder)]) == 0
+    assert sorted(p.name for p in (folder / "runs").iterdir()) == ["base-s7", "base-s8"]
+    assert (folder / "runs" / "base-s7" / "metrics.json").stat().st_mtime_ns == first
+    assert json.loads((folder / "summary.json").read_text())["rows"][0]["runs"] == 2
 
 
 def test_rerun_with_other_settings_is_refused(tiny_study, mnist_dir):

@@ -118,9 +118,17 @@ def open_study(storage, name: str, direction: str, fingerprint: str):
             break
         time.sleep(0.1)
     if stored != fingerprint:
-        raise DigitlabError(f"the database already holds a study {name!r} with a different trial list",
-                            "use another --out folder (or --storage), or delete the old study")
+        if not extends(stored, fingerprint):
+            raise DigitlabError(f"the database already holds a study {name!r} with a different trial list",
+                                "use another --out folder (or --storage), or delete the old study")
+        study.set_user_attr("trials", fingerprint)  # more seeds or settings: finished trials are kept
     return study
+
+
+def extends(old: str, new: str) -> bool:
+    """True when the trial list `new` keeps every trial of `old` unchanged and only adds trials."""
+    new_trials = json.loads(new)
+    return all(t in new_trials for t in json.loads(old))
 
 
 # --------------------------------------------------------------------------- claiming
@@ -211,16 +219,21 @@ def read_plan(folder: Path) -> tuple[StudySpec, list[TrialSpec]]:
 
 
 def write_plan(folder: Path, spec: StudySpec, trials: list[TrialSpec], source: str) -> None:
-    """STUDY/study.json: what every worker runs; a rerun with other settings is refused."""
+    """STUDY/study.json: what every worker runs. A rerun that only adds trials (more seeds, more
+    settings) extends the plan; one that changes a trial (epochs, subset, other overrides) is refused."""
     plan = {"spec": {k: v for k, v in dataclasses.asdict(spec).items() if k != "settings"},
             "source": source, "trials": [dataclasses.asdict(t) for t in trials]}
     path = folder / "study.json"
     if path.is_file():
         old = io.read_json(path)
-        if old.get("trials") != plan["trials"]:
-            raise DigitlabError(f"{folder} holds a study with other settings (epochs, subset, grid or seeds differ)",
-                                "rerun with the same options, pick another --out, or delete the folder")
-        return
+        if old.get("trials") == plan["trials"]:
+            return
+        if not all(t in plan["trials"] for t in old.get("trials", [])):
+            raise DigitlabError(f"{folder} holds a study with other settings (epochs, subset or overrides differ)",
+                                "rerun with the same options (adding seeds or settings is fine), "
+                                "pick another --out, or delete the folder")
+        print(f"study {folder.name}: adding {len(plan['trials']) - len(old.get('trials', []))} trials "
+              f"to the {len(old.get('trials', []))} it had", flush=True)
     io.write_json(path, plan)
 
 
