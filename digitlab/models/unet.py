@@ -75,14 +75,13 @@ class UNet(nn.Module):
             cin = w
         self.out = nn.Conv2d(cin, 1, 1)
         self.levels = len(levels)
+        self.stats = NoiseStats() if head == "residual" else None  # buffers only, no parameters
         if head == "bottleneck":
             self.kind = nn.Linear(deep_out, NUM_KINDS)
         elif head in ("multi", "residual"):
-            stats = NoiseStats() if head == "residual" else None  # no parameters of its own
-            n_in = 2 * widths[0] + 2 * deep_out + (stats.out_features if stats else 0)
+            n_in = 2 * widths[0] + 2 * deep_out + (self.stats.out_features if self.stats else 0)
             self.kind = nn.Sequential(nn.Linear(n_in, head_hidden),
                                       make_activation(activation), nn.Linear(head_hidden, NUM_KINDS))
-            self.stats = stats
         else:
             self.kind = None
 
@@ -117,7 +116,7 @@ class UNet(nn.Module):
             return self.kind(deep.mean((2, 3)))
         # mean and max of the full-resolution features see isolated impulses the pooled bottleneck blurs.
         feats = [first.mean((2, 3)), first.amax((2, 3)), deep.mean((2, 3)), deep.amax((2, 3))]
-        if self.head_kind == "residual":
+        if self.stats is not None:
             feats.append(self.stats(x, clean))
         return self.kind(torch.cat(feats, 1))
 

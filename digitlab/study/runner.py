@@ -126,9 +126,13 @@ def open_study(storage, name: str, direction: str, fingerprint: str):
 
 
 def extends(old: str, new: str) -> bool:
-    """True when the trial list `new` keeps every trial of `old` unchanged and only adds trials."""
-    new_trials = json.loads(new)
-    return all(t in new_trials for t in json.loads(old))
+    """True when the fingerprint `new` keeps every trial of `old` unchanged and only adds trials."""
+    return only_adds(json.loads(old), json.loads(new))
+
+
+def only_adds(old: list, new: list) -> bool:
+    """True when the trial list `new` holds every entry of `old` unchanged (and maybe more)."""
+    return all(t in new for t in old)
 
 
 # --------------------------------------------------------------------------- claiming
@@ -228,7 +232,7 @@ def write_plan(folder: Path, spec: StudySpec, trials: list[TrialSpec], source: s
         old = io.read_json(path)
         if old.get("trials") == plan["trials"]:
             return
-        if not all(t in plan["trials"] for t in old.get("trials", [])):
+        if not only_adds(old.get("trials", []), plan["trials"]):
             raise DigitlabError(f"{folder} holds a study with other settings (epochs, subset or overrides differ)",
                                 "rerun with the same options (adding seeds or settings is fine), "
                                 "pick another --out, or delete the folder")
