@@ -50,6 +50,8 @@ class TrainConfig:
     min_lr: float = 1e-5
     label_smoothing: float = 0.0
     grad_clip: float = 0.0         # max global grad norm, 0 = off
+    ema: float = 0.0               # per-step decay of a moving average of the weights, which is
+                                   # then what is evaluated and saved; 0 = off (e.g. 0.995)
     augment: dict = field(default_factory=dict)      # AugmentConfig fields
     task_args: dict = field(default_factory=dict)    # options only one task understands
     # data split and selection (benchmarks.md: 55,000 / 5,000, seeded once)
@@ -128,6 +130,8 @@ def validate(cfg: TrainConfig) -> None:
         bad(f"lr = {cfg.lr!r}", "set lr to a positive number, e.g. lr=1e-3")
     if not 0 < cfg.subset <= 1:
         bad(f"subset = {cfg.subset}", "use a fraction in (0, 1]")
+    if not (isinstance(cfg.ema, (int, float)) and 0 <= cfg.ema < 1):
+        bad(f"ema = {cfg.ema!r}", "use 0 (off) or a decay in (0, 1), e.g. ema=0.995")
     if cfg.patience < 0:
         bad(f"patience = {cfg.patience}", "use 0 (off) or a positive number of epochs")
     for name in DICT_FIELDS:

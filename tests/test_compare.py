@@ -96,6 +96,21 @@ def test_network_is_symmetric(name):
     assert model.embed(a).shape[0] == 6
 
 
+def test_digit_proxies_classify_the_embedding_and_keep_the_logit_symmetric():
+    torch.manual_seed(0)
+    model = registry.create("siamese_plus", classes=10).eval()
+    a, b = torch.rand(4, 1, 28, 28), torch.rand(4, 1, 28, 28)
+    with torch.no_grad():
+        logit, e1, e2, digits = model(a, b, return_embeddings=True)
+        torch.testing.assert_close(logit, model(b, a), rtol=0, atol=1e-6)
+    assert digits.shape == (8, 10)
+    # logits are scale * cosine to unit proxies: bounded by the scale, and exact for a proxy itself
+    assert digits.abs().max() <= model.class_scale + 1e-4
+    proxy = model.proxies[3:4].detach()
+    assert model.class_logits(proxy)[0, 3].item() == pytest.approx(model.class_scale, rel=1e-5)
+    assert registry.create("siamese_plus").proxies is None  # off by default: R5-shaped output only
+
+
 def test_r5_network_as_described():
     model = registry.create("siamese_r5")
     assert registry.count_params(model) == 192_449  # R5 reports 192k
@@ -181,6 +196,25 @@ def test_train_compare_end_to_end(monkeypatch, tmp_path):
     x = torch.rand(28, 28)
     p, cos = same_probability(model, x, x)
     assert 0 <= p <= 1 and cos == pytest.approx(1.0, abs=1e-5)
+
+
+def test_auxiliary_digit_term_trains_and_needs_proxies(monkeypatch, tmp_path):
+    from digitlab import config
+    from digitlab.engine import loop
+
+    _fake_mnist(monkeypatch)
+    small = {"epochs": 2, "batch_size": 32, "threads": 1, "val_size": 200, "progress": False,
+             "tensorboard": False, "figures": False, "task_args.pairs_per_epoch": 320,
+             "task_args.train_images": 600, "task_args.val_images": 100, "task_args.test_images": 200,
+             "task_args.val_pairs": 200, "task_args.test_pairs": 300, "task_args.oneshot_episodes": 20,
+             "task_args.class_weight": 1.0}
+    with pytest.raises(DigitlabError, match="model_args.classes=10"):
+        loop.train(config.resolve("compare", "compare-small", small), tmp_path / "no-proxies", quiet=True)
+    run = loop.train(config.resolve("compare", "compare-small", {**small, "model_args.classes": 10}),
+                     tmp_path / "run", quiet=True)
+    history = [json.loads(line) for line in (run / "history.jsonl").read_text().splitlines()]
+    assert history[1]["train_digit_ce"] < history[0]["train_digit_ce"] < 2.31  # ln 10 = chance
+    assert history[0]["train_loss"] > history[0]["train_bce"] + history[0]["train_digit_ce"] - 1e-4
 
 
 def test_protocol_sizes():

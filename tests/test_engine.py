@@ -45,8 +45,10 @@ def test_train_writes_a_complete_run(tmp_path):
     assert json.loads((run / "eval-test.json").read_text())["test_acc"] == pytest.approx(metrics["test_acc"])
 
 
-def test_resume_after_kill_gives_the_same_result(tmp_path, monkeypatch):
-    cfg = smoke(epochs=3, augment={"rotate": 10, "translate": 0.1}, model_args={"widths": [8, 16, 32], "dropout": 0.2})
+@pytest.mark.parametrize("ema", [0.0, 0.9])
+def test_resume_after_kill_gives_the_same_result(tmp_path, monkeypatch, ema):
+    cfg = smoke(epochs=3, augment={"rotate": 10, "translate": 0.1}, model_args={"widths": [8, 16, 32], "dropout": 0.2},
+                ema=ema)
     straight = loop.train(cfg, run_dir=_mk(tmp_path / "a"), quiet=True)
 
     real_save = runs.save_checkpoint
@@ -74,6 +76,23 @@ def test_resume_after_kill_gives_the_same_result(tmp_path, monkeypatch):
     assert [h["val_acc"] for h in ha] == [h["val_acc"] for h in hb]
     ma, mb = (json.loads((p / "metrics.json").read_text()) for p in (straight, interrupted))
     assert ma["test_acc"] == mb["test_acc"]
+
+
+def test_moving_average_is_what_is_saved_and_does_not_change_training(tmp_path):
+    plain = loop.train(smoke(epochs=1), run_dir=_mk(tmp_path / "plain"), quiet=True)
+    averaged = loop.train(smoke(epochs=1, ema=0.9), run_dir=_mk(tmp_path / "ema"), quiet=True)
+    raw_plain = runs.load_checkpoint(plain)["model"]
+    ckpt = runs.load_checkpoint(averaged)
+    saved = load_file(averaged / "model.safetensors")
+    ema_weights = {k.removeprefix("module."): v for k, v in ckpt["ema"].items() if k.startswith("module.")}
+    differs = False
+    for key, value in raw_plain.items():
+        torch.testing.assert_close(ckpt["model"][key], value, msg=key)  # same raw trajectory
+        torch.testing.assert_close(saved[key], ema_weights[key], msg=key)  # the average is saved
+        differs |= value.is_floating_point() and not torch.allclose(saved[key], value)
+    assert differs, "the saved weights are the raw weights, not their moving average"
+    with pytest.raises(DigitlabError, match="ema"):
+        config.resolve("recognize", None, {"ema": 1.0})
 
 
 def test_early_stopping_on_target_uses_validation(tmp_path):

@@ -18,10 +18,15 @@ from digitlab.models.registry import register
 
 class Siamese(nn.Module):
     def __init__(self, encoder: nn.Module, dim: int, head_hidden: tuple[int, ...], dropout: float,
-                 activation: str = "relu", normalize_embedding: bool = False):
+                 activation: str = "relu", normalize_embedding: bool = False, classes: int = 0,
+                 class_scale: float = 16.0):
         super().__init__()
         self.encoder = encoder
         self.normalize_embedding = normalize_embedding
+        # Optional digit proxies for an auxiliary classification term (normalised softmax): one unit
+        # vector per digit, logits = scale * cosine(embedding, proxy). Unused by forward's logit.
+        self.proxies = nn.Parameter(torch.randn(classes, dim) / dim ** 0.5) if classes else None
+        self.class_scale = class_scale
         layers, width = [], 2 * dim
         for hidden in head_hidden:
             layers += [nn.Linear(width, hidden), make_activation(activation), nn.Dropout(dropout)]
@@ -37,12 +42,20 @@ class Siamese(nn.Module):
         """(B,D), (B,D) -> (B,) logit of "same digit"; symmetric in e1, e2."""
         return self.head(torch.cat([(e1 - e2).abs(), e1 * e2], dim=1)).squeeze(1)
 
+    def class_logits(self, e: torch.Tensor) -> torch.Tensor:
+        """(N, D) embeddings -> (N, classes) digit logits from the proxies."""
+        return self.class_scale * F.normalize(e, dim=1) @ F.normalize(self.proxies, dim=1).T
+
     def forward(self, a: torch.Tensor, b: torch.Tensor, return_embeddings: bool = False):
-        """(B,1,28,28) x2 -> (B,) logit; with return_embeddings also (e1, e2), each (B, D) --
-        through forward, so DDP still synchronises gradients for losses on the embeddings."""
+        """(B,1,28,28) x2 -> (B,) logit; with return_embeddings also (e1, e2), each (B, D), and the
+        digit logits of [a; b] (2B, classes) or None -- all through forward, so DDP still
+        synchronises gradients for losses on the embeddings."""
         e1, e2 = self.embed(torch.cat([a, b])).chunk(2)  # one encoder pass over both: (2B, D)
         logit = self.head_logit(e1, e2)
-        return (logit, e1, e2) if return_embeddings else logit
+        if not return_embeddings:
+            return logit
+        digits = self.class_logits(torch.cat([e1, e2])) if self.proxies is not None else None
+        return logit, e1, e2, digits
 
 
 def _conv_bias_bn_act(cin: int, cout: int, kernel: int, activation: str) -> nn.Sequential:
@@ -69,10 +82,11 @@ def siamese_r5(dropout: float = 0.3, activation: str = "relu") -> Siamese:
 
 @register("siamese_plus", task="compare")
 def siamese_plus(widths: tuple[int, int, int] = (32, 64, 128), dim: int = 128, dropout: float = 0.2,
-                 activation: str = "relu") -> Siamese:
+                 activation: str = "relu", classes: int = 0) -> Siamese:
     """digitlab's design: a deeper encoder (two 3x3 convs per stage at 14x14 and 7x7), a BN'd
     linear projection without the final ReLU (so the embedding can use every direction), and a
-    unit-length embedding that a cosine contrastive term can shape for one-shot use."""
+    unit-length embedding that a cosine contrastive term can shape for one-shot use. `classes` adds
+    digit proxies for the task's auxiliary classification term (task_args.class_weight)."""
     c1, c2, c3 = widths
     encoder = nn.Sequential(
         Normalize(),
@@ -82,4 +96,4 @@ def siamese_plus(widths: tuple[int, int, int] = (32, 64, 128), dim: int = 128, d
         nn.AdaptiveAvgPool2d(1), nn.Flatten(),
         nn.Linear(c3, dim, bias=False), nn.BatchNorm1d(dim),
     )
-    return Siamese(encoder, dim, (128,), dropout, activation, normalize_embedding=True)
+    return Siamese(encoder, dim, (128,), dropout, activation, normalize_embedding=True, classes=classes)

@@ -35,7 +35,7 @@ PROTOCOLS = {
     "full": {"train_images": None, "val_images": None, "test_images": None, "val_pairs": 10000, "test_pairs": 20000},
 }
 TASK_ARGS = {"protocol": "small", "pairs_per_epoch": 12000, "subset_seed": 0, "pair_seed": 0,
-             "contrastive_weight": 0.0, "margin": 0.2, "triplet_weight": 0.0, "triplet_margin": 0.2, "oneshot_episodes": 1000,
+             "contrastive_weight": 0.0, "margin": 0.2, "triplet_weight": 0.0, "triplet_margin": 0.2, "class_weight": 0.0, "oneshot_episodes": 1000,
              "train_images": None, "val_images": None, "test_images": None, "val_pairs": None, "test_pairs": None}
 
 
@@ -119,8 +119,9 @@ class CompareTask:
     def step(self, model: nn.Module, batch: tuple) -> dict[str, torch.Tensor]:
         a, b, y, digits = batch
         w_con, w_tri = float(self.opts["contrastive_weight"]), float(self.opts["triplet_weight"])
-        if w_con > 0 or w_tri > 0:
-            logit, e1, e2 = model(a, b, return_embeddings=True)
+        w_cls = float(self.opts["class_weight"])
+        if w_con > 0 or w_tri > 0 or w_cls > 0:
+            logit, e1, e2, digit_logits = model(a, b, return_embeddings=True)
         else:
             logit = model(a, b)
         bce = F.binary_cross_entropy_with_logits(logit.float(), y)
@@ -132,9 +133,15 @@ class CompareTask:
         if w_tri > 0:
             out["triplet"] = batch_hard_triplet(torch.cat([e1, e2]).float(), digits, self.opts["triplet_margin"])
             loss = loss + w_tri * out["triplet"]
+        if w_cls > 0:
+            if digit_logits is None:
+                raise DigitlabError("task_args.class_weight needs a model with digit proxies",
+                                    "add model_args.classes=10 (siamese_plus), or set class_weight=0")
+            out["digit_ce"] = F.cross_entropy(digit_logits.float(), digits)
+            loss = loss + w_cls * out["digit_ce"]
         if loss is not bce:
             out.update(loss=loss, bce=bce.detach())
-            out.update({k: out[k].detach() for k in ("contrastive", "triplet") if k in out})
+            out.update({k: out[k].detach() for k in ("contrastive", "triplet", "digit_ce") if k in out})
         return out
 
     @torch.inference_mode()
