@@ -95,6 +95,15 @@ def test_moving_average_is_what_is_saved_and_does_not_change_training(tmp_path):
         config.resolve("recognize", None, {"ema": 1.0})
 
 
+def test_moving_average_warms_up_then_keeps_its_decay():
+    update = loop._ema_update(0.99)
+    for n, expected_decay in ((1, 2 / 11), (10, 11 / 20), (10_000, 0.99)):
+        averaged, counter = [torch.zeros(3)], [torch.zeros((), dtype=torch.long)]
+        update(averaged + counter, [torch.ones(3), torch.tensor(7)], torch.tensor(n))
+        torch.testing.assert_close(averaged[0], torch.full((3,), 1 - expected_decay))
+        assert counter[0].item() == 7  # integer buffers are copied, not averaged
+
+
 def test_early_stopping_on_target_uses_validation(tmp_path):
     run = loop.train(smoke(epochs=6, target=0.3), run_dir=_mk(tmp_path / "r"), quiet=True)
     metrics = json.loads((run / "metrics.json").read_text())

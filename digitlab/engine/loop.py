@@ -206,9 +206,26 @@ def _moving_average(model: nn.Module, decay: float):
     and varies less between seeds, at the cost of one lerp over the parameters per step."""
     if not decay:
         return None
-    from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
+    from torch.optim.swa_utils import AveragedModel
 
-    return AveragedModel(model, multi_avg_fn=get_ema_multi_avg_fn(decay), use_buffers=True)
+    return AveragedModel(model, multi_avg_fn=_ema_update(decay), use_buffers=True)
+
+
+def _ema_update(decay: float):
+    """EMA step whose decay warms up as min(decay, (1 + n) / (10 + n)) after n updates (timm's
+    rule): the average spans about the last tenth of training so far, so it is not dragged back to
+    the random initial weights in the first epochs, then settles at `decay`."""
+
+    @torch.no_grad()
+    def update(averaged: list[torch.Tensor], current: list[torch.Tensor], n: torch.Tensor) -> None:
+        weight = 1 - torch.clamp((1 + n) / (10 + n), max=decay)  # 0-dim tensor: no sync with a GPU
+        for avg, cur in zip(averaged, current):
+            if avg.is_floating_point():
+                avg.lerp_(cur, weight.to(avg.dtype))
+            else:
+                avg.copy_(cur)  # integer buffers (BN's batch counter) follow the model
+
+    return update
 
 
 def _amp_dtype(cfg: TrainConfig, dev: torch.device):
