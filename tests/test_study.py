@@ -194,7 +194,8 @@ def test_killed_study_resumes_without_redoing_finished_trials(tmp_path, mnist_di
     assert len(after) == 4
     assert all(after[k] == v for k, v in before.items())  # finished trials were not run again
     states = _trials_by_key(folder)
-    assert all(s.count("COMPLETE") == 1 for s in states.values())
+    assert not any("RUNNING" in s for s in states.values()), states  # the kill's trial was failed, even unnamed
+    assert all(s.count("COMPLETE") == 1 for k, s in states.items() if k is not None)
     assert sum(len(s) for k, s in states.items() if k in before) == len(before)
 
 
@@ -263,13 +264,54 @@ def test_dead_local_trial_is_reclaimed(tmp_path):
     trials = [specs.TrialSpec("a", "a", 0, {})]
     study = runner.open_study(runner.open_storage(url, 60), "dead", "max", runner.fingerprint(trials))
     (trial, _), _ = runner.claim(study, trials, set())
-    dead = subprocess.Popen([sys.executable, "-c", "pass"])
-    dead.wait()
-    study._storage.set_trial_user_attr(trial._trial_id, "pid", dead.pid)  # its owner has exited
+    study._storage.set_trial_user_attr(trial._trial_id, "pid", _dead_pid())  # its owner has exited
     got, busy = runner.claim(study, trials, set())
     assert got is not None and got[1].key == "a"
     assert [t.state.name for t in study.get_trials()] == ["FAIL", "RUNNING"]
     assert optuna.__version__
+
+
+def test_unnamed_trial_of_a_claimer_killed_mid_claim_is_failed(tmp_path):
+    url = f"sqlite:///{tmp_path / 'orphan.db'}"
+    trials = [specs.TrialSpec("a", "a", 0, {})]
+    study = runner.open_study(runner.open_storage(url, 60), "orphan", "max", runner.fingerprint(trials))
+    study.ask()  # killed right after ask(): RUNNING, no key, no heartbeat, no pid
+    got, _ = runner.claim(study, trials, set())
+    assert got is not None and got[1].key == "a"
+    assert sorted(t.state.name for t in study.get_trials()) == ["FAIL", "RUNNING"]
+
+
+def _dead_pid() -> int:
+    proc = subprocess.Popen([sys.executable, "-c", "pass"])
+    proc.wait()
+    return proc.pid
+
+
+@pytest.mark.parametrize("owner_alive", [False, True])
+def test_lock_of_a_dead_local_owner_is_taken_over_at_once(tmp_path, monkeypatch, owner_alive):
+    import threading
+
+    from optuna.study import StudyDirection
+
+    monkeypatch.setattr(runner, "LOCK_STALE_S", 1e9)  # only the owner check can free the lock
+    storage = runner.open_storage(f"sqlite:///{tmp_path / 'lock.db'}", 60)
+    held = storage.create_new_study([StudyDirection.MINIMIZE], "s:lock")
+    pid = os.getpid() if owner_alive else _dead_pid()
+    storage.set_study_user_attr(held, "owner", {"host": socket.gethostname(), "pid": pid})
+    entered = threading.Event()
+
+    def take() -> None:
+        with runner.storage_lock(storage, "s"):
+            entered.set()
+
+    thread = threading.Thread(target=take, daemon=True)
+    thread.start()
+    assert entered.wait(1.0 if owner_alive else 30.0) != owner_alive
+    if owner_alive:  # release it as its owner would; the waiter then gets in
+        storage.delete_study(held)
+        assert entered.wait(30.0)
+    thread.join(30.0)
+    assert not thread.is_alive()
 
 
 @pytest.fixture

@@ -79,7 +79,10 @@ def _postgres_driver(url: str) -> str:
 
 @contextlib.contextmanager
 def storage_lock(storage, name: str):
-    """Mutual exclusion across processes and machines through the unique study-name constraint."""
+    """Mutual exclusion across processes and machines through the unique study-name constraint.
+
+    The lock records its owner; a lock whose owner died on this host is taken over at once, any
+    other after LOCK_STALE_S (its owner may be alive on another machine)."""
     import optuna
     from optuna.study import StudyDirection
 
@@ -91,11 +94,14 @@ def storage_lock(storage, name: str):
         except optuna.exceptions.DuplicatedStudyError:
             with contextlib.suppress(KeyError):
                 other = storage.get_study_id_from_name(lock)
-                if time.monotonic() - seen.setdefault(other, time.monotonic()) > LOCK_STALE_S:
+                owner = storage.get_study_user_attrs(other).get("owner", {})
+                dead = owner.get("host") == socket.gethostname() and not _alive(owner.get("pid"))
+                if dead or time.monotonic() - seen.setdefault(other, time.monotonic()) > LOCK_STALE_S:
                     with contextlib.suppress(KeyError):
                         storage.delete_study(other)  # by id: a newer lock is never removed
             time.sleep(0.02 + 0.08 * random.random())
     try:
+        storage.set_study_user_attr(lock_id, "owner", {"host": socket.gethostname(), "pid": os.getpid()})
         yield
     finally:
         with contextlib.suppress(KeyError):
@@ -149,14 +155,17 @@ def _alive(pid) -> bool:
 
 
 def reap_dead(study) -> int:
-    """Fail RUNNING trials whose process is gone (this host) or whose heartbeat went stale."""
+    """Fail RUNNING trials whose process is gone (this host) or whose heartbeat went stale, and
+    trials without a key: claim() sets the key under the lock, which is held now, so a keyless
+    RUNNING trial is one whose claimer died between ask() and naming it."""
     import optuna
     from optuna.trial import TrialState
 
     optuna.storages.fail_stale_trials(study)
     host, n = socket.gethostname(), 0
     for t in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
-        if t.user_attrs.get("host") == host and not _alive(t.user_attrs.get("pid")):
+        orphan = "key" not in t.user_attrs
+        if orphan or (t.user_attrs.get("host") == host and not _alive(t.user_attrs.get("pid"))):
             with contextlib.suppress(optuna.exceptions.UpdateFinishedTrialError):
                 n += bool(study._storage.set_trial_state_values(t._trial_id, TrialState.FAIL))
     return n
@@ -167,7 +176,7 @@ def claim(study, trials: list[TrialSpec], skip: set[str]):
     from optuna.trial import TrialState
 
     with storage_lock(study._storage, study.study_name):
-        reap_dead(study)
+        reap_dead(study)  # under the lock: see its docstring
         states: dict[str, set] = {}
         for t in study.get_trials(deepcopy=False):
             if "key" in t.user_attrs:
