@@ -10,6 +10,11 @@ validation split (1,000 images / 4,000 pairs for small, 5,000 / 10,000 for full)
 An epoch is `pairs_per_epoch` pairs drawn on the fly; the loop's permutation indexes them and
 positions below half are "same" pairs, so every epoch is exactly balanced.
 
+Loss: BCE on the head's logit, plus optional terms on the embedding (task_args): a cosine
+contrastive term (contrastive_weight), a batch-hard triplet term (triplet_weight), and a digit
+classification term over the model's digit proxies (class_weight; model_args.classes=10). The
+last two read the digits the pairs were drawn from, which R5's protocol already uses to make pairs.
+
 Primary metric: validation accuracy at 0.5. AUC is threshold-free but saturates above 0.999 on
 this task, where it stops ranking epochs; accuracy is also the number the targets are stated in.
 """
