@@ -10,8 +10,6 @@ import tempfile
 import time
 from pathlib import Path
 
-import torch
-
 from digitlab import config, io
 from digitlab.bench.common import save_record, summary
 from digitlab.config import TASKS
@@ -73,7 +71,7 @@ def run(args) -> int:
     name = f"test_{metric}"
     print(f"{preset}: {name} {_fmt(name, head['mean'])} +- {_fmt(name, head['std'])} (best {_fmt(name, head['max'])}, "
           f"n={head['n']}); command {secs['mean']:.1f} s mean, {secs['min']:.1f} s min; "
-          f"{torch.get_num_threads()} threads here -> {path}")
+          f"{'/'.join(str(n) for n in sorted({t['threads'] for t in trials}))} threads per run -> {path}")
     return 0
 
 
