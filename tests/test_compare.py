@@ -209,7 +209,8 @@ def test_auxiliary_digit_term_trains_and_needs_proxies(monkeypatch, tmp_path):
              "task_args.val_pairs": 200, "task_args.test_pairs": 300, "task_args.oneshot_episodes": 20,
              "task_args.class_weight": 1.0}
     with pytest.raises(DigitlabError, match="model_args.classes=10"):
-        loop.train(config.resolve("compare", "compare-small", small), tmp_path / "no-proxies", quiet=True)
+        loop.train(config.resolve("compare", "compare-small", {**small, "model_args.classes": 0}),
+                   tmp_path / "no-proxies", quiet=True)
     run = loop.train(config.resolve("compare", "compare-small", {**small, "model_args.classes": 10}),
                      tmp_path / "run", quiet=True)
     history = [json.loads(line) for line in (run / "history.jsonl").read_text().splitlines()]

@@ -271,6 +271,25 @@ def test_dead_local_trial_is_reclaimed(tmp_path):
     assert optuna.__version__
 
 
+def test_opening_a_new_database_survives_a_table_creation_race(tmp_path, monkeypatch):
+    import optuna
+
+    real, calls = optuna.storages.RDBStorage, []
+
+    def racing(*args, **kwargs):  # another process created the tables between check and create
+        calls.append(1)
+        if len(calls) == 1:
+            raise RuntimeError("(sqlite3.OperationalError) table study_system_attributes already exists")
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(optuna.storages, "RDBStorage", racing)
+    assert runner.open_storage(f"sqlite:///{tmp_path / 'new.db'}") is not None
+    assert len(calls) == 2
+    monkeypatch.setattr(optuna.storages, "RDBStorage", lambda *a, **k: (_ for _ in ()).throw(RuntimeError("disk I/O error")))
+    with pytest.raises(DigitlabError, match="disk I/O error"):  # any other failure is reported at once
+        runner.open_storage(f"sqlite:///{tmp_path / 'other.db'}")
+
+
 def test_unnamed_trial_of_a_claimer_killed_mid_claim_is_failed(tmp_path):
     url = f"sqlite:///{tmp_path / 'orphan.db'}"
     trials = [specs.TrialSpec("a", "a", 0, {})]

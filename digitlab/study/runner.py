@@ -38,6 +38,7 @@ from digitlab.study.spec import StudySpec, TrialSpec
 
 HEARTBEAT_S = 10
 LOCK_STALE_S = 30.0
+TABLE_RACE_TRIES = 5
 
 
 # --------------------------------------------------------------------------- storage and lock
@@ -57,14 +58,20 @@ def open_storage(url: str, heartbeat: float = HEARTBEAT_S):
     warnings.filterwarnings("ignore", message="Heartbeat of storage is supposed")
     kwargs = {"engine_kwargs": {"connect_args": {"timeout": 60}}} if url.startswith("sqlite") else {}
     url = _postgres_driver(url)
-    try:
-        return optuna.storages.RDBStorage(url, heartbeat_interval=max(1, int(heartbeat)),
-                                          grace_period=max(3, int(3 * heartbeat)), **kwargs)
-    except ImportError as exc:
-        raise DigitlabError(f"cannot open {url.split('://')[0]} storage: {exc}",
-                            "pip install 'digitlab[postgres]' (psycopg2-binary) for PostgreSQL") from None
-    except Exception as exc:  # sqlalchemy.exc.OperationalError etc.: name the URL, not a stack
-        raise DigitlabError(f"cannot open storage {url}: {exc}", "check the URL and that the server is up") from None
+    for attempt in range(TABLE_RACE_TRIES):
+        try:
+            return optuna.storages.RDBStorage(url, heartbeat_interval=max(1, int(heartbeat)),
+                                              grace_period=max(3, int(3 * heartbeat)), **kwargs)
+        except ImportError as exc:
+            raise DigitlabError(f"cannot open {url.split('://')[0]} storage: {exc}",
+                                "pip install 'digitlab[postgres]' (psycopg2-binary) for PostgreSQL") from None
+        except Exception as exc:  # sqlalchemy.exc.OperationalError etc.: name the URL, not a stack
+            # Two processes opening a new database at once both create its tables; the loser sees
+            # "table ... already exists" and only has to open it again.
+            if "already exists" in str(exc) and attempt + 1 < TABLE_RACE_TRIES:
+                time.sleep(0.1 * (attempt + 1))
+                continue
+            raise DigitlabError(f"cannot open storage {url}: {exc}", "check the URL and that the server is up") from None
 
 
 def _postgres_driver(url: str) -> str:
