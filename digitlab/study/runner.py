@@ -60,18 +60,29 @@ def open_storage(url: str, heartbeat: float = HEARTBEAT_S):
     url = _postgres_driver(url)
     for attempt in range(TABLE_RACE_TRIES):
         try:
-            return optuna.storages.RDBStorage(url, heartbeat_interval=max(1, int(heartbeat)),
-                                              grace_period=max(3, int(3 * heartbeat)), **kwargs)
+            with _creation_lock(url):
+                return optuna.storages.RDBStorage(url, heartbeat_interval=max(1, int(heartbeat)),
+                                                  grace_period=max(3, int(3 * heartbeat)), **kwargs)
         except ImportError as exc:
             raise DigitlabError(f"cannot open {url.split('://')[0]} storage: {exc}",
                                 "pip install 'digitlab[postgres]' (psycopg2-binary) for PostgreSQL") from None
         except Exception as exc:  # sqlalchemy.exc.OperationalError etc.: name the URL, not a stack
             # Two processes opening a new database at once both create its tables; the loser sees
-            # "table ... already exists" and only has to open it again.
-            if "already exists" in str(exc) and attempt + 1 < TABLE_RACE_TRIES:
+            # "table ... already exists" (or a duplicate schema version) and only has to open it again.
+            raced = any(m in str(exc) for m in ("already exists", "UNIQUE constraint failed: alembic_version"))
+            if raced and attempt + 1 < TABLE_RACE_TRIES:
                 time.sleep(0.1 * (attempt + 1))
                 continue
             raise DigitlabError(f"cannot open storage {url}: {exc}", "check the URL and that the server is up") from None
+
+
+def _creation_lock(url: str):
+    """For a SQLite file, a lock file beside it so that processes of this machine open (and on
+    first use create) the database one at a time; servers (PostgreSQL) rely on the retry above."""
+    from filelock import FileLock
+
+    path = url.split("sqlite:///", 1)[1] if url.startswith("sqlite:///") else ""
+    return FileLock(f"{path}.lock") if path and path != ":memory:" else contextlib.nullcontext()
 
 
 def _postgres_driver(url: str) -> str:
