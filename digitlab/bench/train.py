@@ -62,13 +62,13 @@ def run(args) -> int:
     record = {"task": task, "preset": preset, "overrides": args.set, "config": cfg.to_dict(), "trials": trials,
               **{k: summary([t[k] for t in trials]) for k in trials[0] if k.startswith("test_")},
               "command_seconds": summary([t["command_seconds"] for t in trials])}
-    head = record[f"test_{metric}"]
+    name = f"test_{metric}"
+    head = record[name]
     if args.target is not None:
         record["target"] = args.target
         record["target_met"] = head["mean"] >= args.target
     path = save_record(f"{task}-{Path(preset).stem}", record, args.out)
     secs = record["command_seconds"]
-    name = f"test_{metric}"
     print(f"{preset}: {name} {_fmt(name, head['mean'])} +- {_fmt(name, head['std'])} (best {_fmt(name, head['max'])}, "
           f"n={head['n']}); command {secs['mean']:.1f} s mean, {secs['min']:.1f} s min; "
           f"{'/'.join(str(n) for n in sorted({t['threads'] for t in trials}))} threads per run -> {path}")

@@ -113,13 +113,12 @@ def storage_lock(storage, name: str):
             with contextlib.suppress(KeyError):
                 other = storage.get_study_id_from_name(lock)
                 owner = storage.get_study_user_attrs(other).get("owner", {})
-                dead = owner.get("host") == socket.gethostname() and not _alive(owner.get("pid"))
-                if dead or time.monotonic() - seen.setdefault(other, time.monotonic()) > LOCK_STALE_S:
+                if _died_here(owner) or time.monotonic() - seen.setdefault(other, time.monotonic()) > LOCK_STALE_S:
                     with contextlib.suppress(KeyError):
                         storage.delete_study(other)  # by id: a newer lock is never removed
             time.sleep(0.02 + 0.08 * random.random())
     try:
-        storage.set_study_user_attr(lock_id, "owner", {"host": socket.gethostname(), "pid": os.getpid()})
+        storage.set_study_user_attr(lock_id, "owner", _this_process())
         yield
     finally:
         with contextlib.suppress(KeyError):
@@ -162,6 +161,16 @@ def only_adds(old: list, new: list) -> bool:
 # --------------------------------------------------------------------------- claiming
 
 
+def _this_process() -> dict:
+    """Who holds a lock or runs a trial: {"host", "pid"}, so others can tell whether it died."""
+    return {"host": socket.gethostname(), "pid": os.getpid()}
+
+
+def _died_here(owner: dict) -> bool:
+    """True when `owner` ({"host", "pid"}) was a process of this host that no longer exists."""
+    return owner.get("host") == socket.gethostname() and not _alive(owner.get("pid"))
+
+
 def _alive(pid) -> bool:
     try:
         os.kill(int(pid), 0)
@@ -180,10 +189,9 @@ def reap_dead(study) -> int:
     from optuna.trial import TrialState
 
     optuna.storages.fail_stale_trials(study)
-    host, n = socket.gethostname(), 0
+    n = 0
     for t in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
-        orphan = "key" not in t.user_attrs
-        if orphan or (t.user_attrs.get("host") == host and not _alive(t.user_attrs.get("pid"))):
+        if "key" not in t.user_attrs or _died_here(t.user_attrs):
             with contextlib.suppress(optuna.exceptions.UpdateFinishedTrialError):
                 n += bool(study._storage.set_trial_state_values(t._trial_id, TrialState.FAIL))
     return n
@@ -211,8 +219,8 @@ def claim(study, trials: list[TrialSpec], skip: set[str]):
                 continue
             trial = study.ask()
             study._storage.record_heartbeat(trial._trial_id)  # so a crash right here goes stale
-            for name, value in (("key", spec.key), ("label", spec.label), ("seed", spec.seed),
-                                ("host", socket.gethostname()), ("pid", os.getpid())):
+            for name, value in {"key": spec.key, "label": spec.label, "seed": spec.seed,
+                                **_this_process()}.items():
                 trial.set_user_attr(name, value)
             return (trial, spec), busy
     return None, busy
