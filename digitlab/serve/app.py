@@ -19,6 +19,7 @@ from fastapi.responses import FileResponse, JSONResponse
 from fastapi.staticfiles import StaticFiles
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
+from digitlab import verdict
 from digitlab.data.noise import NOISE_KINDS
 from digitlab.errors import DigitlabError
 from digitlab.serve import schemas as S
@@ -84,10 +85,8 @@ def create_app(recognize: str | Path | None = None, denoise: str | Path | None =
 
     def run_recognise(e: Engine, images: list[torch.Tensor]) -> list[dict]:
         x = torch.stack(images).unsqueeze(1).numpy()  # (B,1,28,28)
-        logits = e(x)[0]
-        probs = torch.from_numpy(logits).softmax(1).numpy()
-        return [{"digit": int(p.argmax()), "probability": float(p.max()), "probabilities": [float(v) for v in p],
-                 "input": as_list(img)} for p, img in zip(probs, images)]
+        readings = verdict.read(e(x)[0], verdict.Calibration.from_meta(e.meta))
+        return [{**r.to_dict(), "input": as_list(img)} for r, img in zip(readings, images)]
 
     @app.post("/api/recognize", response_model=S.RecognizeResponse, responses=ERRORS,
               summary="recognise the digit in an uploaded image (multipart field 'image')")

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Annotated
+from typing import Annotated, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
@@ -44,10 +44,19 @@ class CompareRequest(_Strict):
     normalize: bool = True
 
 
-class Recognition(BaseModel):
+class RunnerUp(BaseModel):
     digit: int
     probability: float
-    probabilities: list[float] = Field(description="10 probabilities, digit 0 to 9")
+
+
+class Recognition(BaseModel):
+    digit: int = Field(description="the most probable digit (see `abstain` before trusting it)")
+    probability: float = Field(description="its calibrated probability")
+    abstain: Literal["unsure", "not_a_digit"] | None = Field(
+        None, description="null: a confident answer; 'unsure': two digits compete; 'not_a_digit': fits no digit")
+    message: str = Field(description="what to show: '7', 'not sure: 1 or 7?' or 'not a digit'")
+    runner_up: RunnerUp
+    probabilities: list[float] = Field(description="10 calibrated probabilities, digit 0 to 9")
     input: Image28 = Field(description="the 28x28 image the model saw")
 
 
