@@ -30,7 +30,7 @@ IO_NAMES = {
 }
 
 
-class _Flat(torch.nn.Module):
+class FlatOutputs(torch.nn.Module):
     """Makes every output a plain tensor tuple; the compare logit becomes (B,) whatever its shape."""
 
     def __init__(self, model: torch.nn.Module, task: str):
@@ -60,7 +60,7 @@ def export_onnx(run: str | Path, out: str | Path | None = None, check: bool = Tr
     with io.atomic_path(out) as tmp, warnings.catch_warnings():
         # The TorchScript exporter warns that it is deprecated; it works here and needs no onnxscript.
         warnings.simplefilter("ignore")
-        torch.onnx.export(_Flat(model, task).eval(), example, str(tmp), input_names=inputs, output_names=outputs,
+        torch.onnx.export(FlatOutputs(model, task).eval(), example, str(tmp), input_names=inputs, output_names=outputs,
                           dynamic_axes=axes, opset_version=OPSET, dynamo=False)
     if check:
         diffs = check_onnx(run, out, model=model, task=task)
@@ -99,7 +99,7 @@ def check_onnx(run: str | Path, path: str | Path, model=None, task=None) -> dict
     session = _session(path)
     got = session.run(None, dict(zip(IO_NAMES[task][0], arrays)))
     with torch.inference_mode():
-        want = _Flat(model, task)(*(torch.from_numpy(a) for a in arrays))
+        want = FlatOutputs(model, task)(*(torch.from_numpy(a) for a in arrays))
     want = want if isinstance(want, tuple) else (want,)
     return {name: float(np.abs(g - w.numpy()).max()) for name, g, w in zip(IO_NAMES[task][1], got, want)}
 
@@ -107,10 +107,21 @@ def check_onnx(run: str | Path, path: str | Path, model=None, task=None) -> dict
 def onnx_session(run: str | Path, threads: int | None = None):
     """An onnxruntime session for RUN/model.onnx, exporting it first if absent or older than the weights."""
     run = Path(run)
-    path, weights = run / "model.onnx", run / "model.safetensors"
+    path, weights = _onnx_path(run), run / "model.safetensors"
     if not path.is_file() or (weights.is_file() and path.stat().st_mtime < weights.stat().st_mtime):
         export_onnx(run, path)
     return _session(path, threads)
+
+
+def _onnx_path(run: Path) -> Path:
+    """RUN/model.onnx; a shipped model's goes to the user cache (the package folder may be read-only)."""
+    from digitlab import pretrained
+
+    if pretrained.is_shipped(run):
+        from digitlab.data.mnist import cache_dir
+
+        return cache_dir() / "onnx" / f"{run.name}.onnx"
+    return run / "model.onnx"
 
 
 def _session(path: str | Path, threads: int | None = None):

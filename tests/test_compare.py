@@ -176,7 +176,7 @@ def _fake_mnist(monkeypatch):
 
 def test_train_compare_end_to_end(monkeypatch, tmp_path):
     from digitlab import config
-    from digitlab.commands.compare import load_comparer, same_probability
+    from digitlab import api
     from digitlab.engine import loop
 
     _fake_mnist(monkeypatch)
@@ -192,10 +192,10 @@ def test_train_compare_end_to_end(monkeypatch, tmp_path):
         assert 0.0 <= metrics[key] <= 1.0
     for name in ("roc", "confusion", "pairs", "embedding_pca"):
         assert (run / "figures" / f"{name}.png").stat().st_size > 1000
-    model = load_comparer(run)
     x = torch.rand(28, 28)
-    p, cos = same_probability(model, x, x)
-    assert 0 <= p <= 1 and cos == pytest.approx(1.0, abs=1e-5)
+    answer = api.load(run).same(x, x)
+    assert isinstance(answer, api.Same)
+    assert 0 <= answer.probability <= 1 and answer.cosine == pytest.approx(1.0, abs=1e-5)
 
 
 def test_auxiliary_digit_term_trains_and_needs_proxies(monkeypatch, tmp_path):

@@ -225,7 +225,7 @@ def test_tiny_training_run_lowers_validation_mse(mnist_dir, tmp_path):
     arr[10:46, 24:32] = 0  # a dark "1" on white, as a scan would be
     Image.fromarray(arr).save(src)
     out = tmp_path / "clean.png"
-    assert cmd.run(SimpleNamespace(run=run, images=[src], output=out, out_dir=None, scale=1, json=False)) == 0
+    assert cmd.run(SimpleNamespace(paths=[run, src], output=out, out_dir=None, scale=1, json=False)) == 0
     assert Image.open(out).size == (28, 28)
     with pytest.raises(DigitlabError, match="several images"):
-        cmd.run(SimpleNamespace(run=run, images=[src, src], output=out, out_dir=None, scale=1, json=False))
+        cmd.run(SimpleNamespace(paths=[run, src, src], output=out, out_dir=None, scale=1, json=False))

@@ -14,7 +14,7 @@ from digitlab.cli import main
 from digitlab.config import resolve
 from digitlab.engine import run as runs
 from digitlab.errors import DigitlabError
-from digitlab.inference import Recognizer
+from digitlab.api import Recognizer
 from digitlab.models import registry
 
 onnx = pytest.importorskip("onnx")
@@ -56,7 +56,7 @@ def test_onnx_matches_torch_for_several_batch_sizes(rec_run):
 
     session = onnx_session(rec_run)  # exports on first use
     assert (rec_run / "model.onnx").is_file()
-    model = Recognizer.from_run(rec_run).model
+    model = Recognizer(rec_run).model
     for b in (1, 7, 64):
         x = torch.rand(b, 1, 28, 28, generator=torch.Generator().manual_seed(b))
         (got,) = session.run(None, {"image": x.numpy()})

@@ -17,7 +17,7 @@ from digitlab.config import resolve
 from digitlab.data.noise import NOISE_KINDS, apply_noise
 from digitlab.data.preprocess import from_array, prepare
 from digitlab.engine import run as runs
-from digitlab.inference import Recognizer
+from digitlab.api import Recognizer
 from digitlab.models import registry
 from digitlab.serve import inputs
 from digitlab.serve.app import create_app
@@ -87,10 +87,10 @@ def test_recognize_upload_matches_predict(client, run_dir):
     assert r.status_code == 200, r.text
     body = r.json()
     want_input = prepare(data)  # the same code as `digitlab predict`
-    want = Recognizer.from_run(run_dir).probabilities(want_input[None])[0]
+    want = Recognizer(run_dir).predict(data)  # the same code as `digitlab predict`
     assert np.allclose(body["input"], want_input.numpy(), atol=1e-3)
-    assert np.allclose(body["probabilities"], want.numpy(), atol=1e-5)
-    assert body["digit"] == int(want.argmax()) and body["run"] == run_dir.name
+    assert np.allclose(body["probabilities"], want.probabilities, atol=1e-5)
+    assert body["digit"] == want.digit and body["message"] == want.message and body["run"] == run_dir.name
     assert abs(sum(body["probabilities"]) - 1) < 1e-4
 
 
@@ -107,7 +107,7 @@ def test_pixels_and_batch_agree(client, run_dir):
     single = client.post("/api/recognize/pixels", json={"pixels": g.tolist()}).json()
     batch = client.post("/api/recognize/batch", json={"images": [g.tolist(), (255 * g).tolist()]}).json()
     assert len(batch["results"]) == 2
-    want = Recognizer.from_run(run_dir).probabilities(from_array(g)[None])[0].numpy()
+    want = Recognizer(run_dir).predict(g).probabilities
     for res in (single, *batch["results"]):
         assert np.allclose(res["probabilities"], want, atol=1e-5)
 

@@ -17,7 +17,7 @@ def test_confident_answer_is_the_digit():
 
 
 def test_two_competing_digits_are_unsure_and_name_both():
-    r = verdict.read(logits_for([0.0, 0.48, 0.0, 0.0, 0.0, 0.0, 0.0, 0.44, 0.04, 0.04]))[0]
+    r = verdict.read(logits_for([0.005, 0.48, 0.005, 0.005, 0.005, 0.005, 0.005, 0.44, 0.025, 0.025]))[0]
     assert r.abstain == "unsure" and r.message == "not sure: 1 or 7?"
     assert (r.runner_up, round(r.runner_up_probability, 2)) == (7, 0.44)
 

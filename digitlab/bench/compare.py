@@ -25,11 +25,10 @@ def register(sub) -> None:
 
 def measure(run: Path, episodes: int = 1000, seed: int = 0) -> dict:
     from digitlab import config
-    from digitlab.commands.compare import load_comparer
-    from digitlab.engine.run import load_config
+    from digitlab.runfolder import load_config, load_model
     from digitlab.tasks.compare import CompareTask, one_shot_accuracy
 
-    model = load_comparer(run)
+    model, _ = load_model(run, task="compare")
     cfg = load_config(run)
     record: dict = {"run": str(run), "model": cfg.model, "trained_protocol": cfg.task_args.get("protocol", "small"),
                     "params": sum(p.numel() for p in model.parameters())}

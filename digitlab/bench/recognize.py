@@ -52,9 +52,9 @@ def measure(fn, batch_1: torch.Tensor, batch_big: torch.Tensor) -> dict:
 
 
 def run_inference_bench(args) -> int:
-    from digitlab.inference import Recognizer
+    from digitlab.api import Recognizer
 
-    rec = Recognizer.from_run(args.run)
+    rec = Recognizer(args.run)
     g = torch.Generator().manual_seed(0)
     one, big = torch.rand(1, 1, 28, 28, generator=g), torch.rand(1024, 1, 28, 28, generator=g)
     results = {}

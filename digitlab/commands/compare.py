@@ -1,56 +1,41 @@
-"""`digitlab compare RUN A B`: probability that two image files show the same digit."""
+"""`digitlab compare [RUN] A B`: probability that two image files show the same digit."""
 
 from __future__ import annotations
 
+import argparse
 import json
 from pathlib import Path
 
-import torch
-
 
 def register(sub) -> None:
-    p = sub.add_parser("compare", help="probability that two images show the same digit",
-                       description="Both files get MNIST's preprocessing (see `digitlab predict`), then the "
-                                   "siamese network of a `digitlab train compare` run scores the pair.",
-                       epilog="example: digitlab compare runs/compare/<run> a.png b.png --json")
-    p.add_argument("run", type=Path, help="a comparison run directory")
-    p.add_argument("a", type=Path, help="first image file")
-    p.add_argument("b", type=Path, help="second image file")
+    p = sub.add_parser("compare", formatter_class=argparse.RawDescriptionHelpFormatter,
+                       help="probability that two images show the same digit",
+                       description="Both files get MNIST's preprocessing (see `digitlab predict`), then a siamese "
+                                   "network scores the pair: the shipped one, or the run folder given first.",
+                       epilog="examples:\n  digitlab compare a.png b.png\n"
+                              "  digitlab compare runs/compare/<run> a.png b.png --json")
+    p.add_argument("paths", type=Path, nargs="+", metavar="[RUN] A B",
+                   help="optionally a comparison run folder (default: the shipped model), then two image files")
     p.add_argument("--threshold", type=float, default=0.5, help="decision threshold (default 0.5)")
     p.add_argument("--json", action="store_true", help="print one JSON object")
     p.set_defaults(func=run)
 
 
-def load_comparer(run: Path):
-    """The trained siamese model of a run, in eval mode on the CPU."""
-    from digitlab.engine.run import load_model
+def run(args) -> int:
+    from digitlab import api, pretrained
+    from digitlab.commands.predict import split_run
     from digitlab.errors import DigitlabError
 
-    model, meta = load_model(run)
-    if meta.get("task") != "compare":
-        raise DigitlabError(f"{run} is a {meta.get('task')!r} run, not a comparison run",
-                            "pass a run made by `digitlab train compare`")
-    return model
-
-
-@torch.inference_mode()
-def same_probability(model, a: torch.Tensor, b: torch.Tensor) -> tuple[float, float]:
-    """(28,28) x2 in [0,1] -> (P(same digit), cosine similarity of the embeddings)."""
-    e1, e2 = model.embed(torch.stack([a, b])[:, None]).chunk(2)  # (1, D) each
-    prob = torch.sigmoid(model.head_logit(e1, e2)).item()
-    return prob, torch.nn.functional.cosine_similarity(e1, e2).item()
-
-
-def run(args) -> int:
-    from digitlab.data.preprocess import prepare
-
-    model = load_comparer(args.run)
-    prob, cosine = same_probability(model, prepare(args.a), prepare(args.b))
-    same = prob >= args.threshold
+    run_dir, images = split_run(args.paths)
+    if len(images) != 2:
+        raise DigitlabError(f"compare takes two image files, got {len(images)}", "name exactly two: A B")
+    if not 0 < args.threshold < 1:
+        raise DigitlabError(f"--threshold {args.threshold} must lie strictly between 0 and 1", "e.g. --threshold 0.5")
+    a, b = images
+    result = api.Comparer(pretrained.resolve("compare", run_dir)).same(a, b, args.threshold)
     if args.json:
-        print(json.dumps({"a": str(args.a), "b": str(args.b), "same_probability": round(prob, 6),
-                          "same": same, "threshold": args.threshold, "cosine": round(cosine, 6)}))
+        print(json.dumps({"a": str(a), "b": str(b), "same_probability": round(result.probability, 6),
+                          "same": result.same, "threshold": args.threshold, "cosine": round(result.cosine, 6)}))
     else:
-        print(f"{args.a} vs {args.b}: {'same digit' if same else 'different digits'}  "
-              f"(p_same={prob:.4f}, embedding cosine {cosine:.3f})")
+        print(f"{a} vs {b}: {result}, embedding cosine {result.cosine:.3f}")
     return 0

@@ -1,44 +1,55 @@
-"""`digitlab predict RUN IMAGE...`: recognise digits in real image files."""
+"""`digitlab predict [RUN] IMAGE...`: recognise digits in real image files."""
 
 from __future__ import annotations
 
+import argparse
 import json
 from pathlib import Path
 
-import torch
-
 
 def register(sub) -> None:
-    p = sub.add_parser("predict", help="recognise the digit in image files (PNG, JPEG, ...)",
+    p = sub.add_parser("predict", formatter_class=argparse.RawDescriptionHelpFormatter,
+                       help="recognise the digit in image files (PNG, JPEG, ...)",
                        description="Applies MNIST's preprocessing (grayscale, invert a light background, "
-                                   "crop to the ink, fit 20x20, centre by mass in 28x28), then the model.",
-                       epilog="example: digitlab predict runs/recognize/<run> my_digit.png --json")
-    p.add_argument("run", type=Path, help="a recognition run directory")
-    p.add_argument("images", type=Path, nargs="+", help="image files, any size, dark-on-light or light-on-dark")
+                                   "crop to the ink, fit 20x20, centre by mass in 28x28), then the model: the "
+                                   "shipped one, or the run folder given first. Unsure answers say so "
+                                   "(\"not sure: 1 or 7?\", \"not a digit\").",
+                       epilog="examples:\n  digitlab predict my_digit.png\n"
+                              "  digitlab predict runs/recognize/<run> a.png b.jpg --json")
+    p.add_argument("paths", type=Path, nargs="+", metavar="[RUN] IMAGE",
+                   help="optionally a recognition run folder (default: the shipped model), then image files")
     p.add_argument("--json", action="store_true", help="print one JSON object per image")
     p.add_argument("--save-input", type=Path, metavar="PNG",
                    help="also save the 28x28 images the model saw (a grid) to this PNG")
     p.set_defaults(func=run)
 
 
-def run(args) -> int:
-    from digitlab.data.preprocess import prepare
-    from digitlab.inference import Recognizer
+def split_run(paths: list[Path]) -> tuple[Path | None, list[Path]]:
+    """A leading directory is the run folder; the rest are inputs."""
+    from digitlab.errors import DigitlabError
 
-    recognizer = Recognizer.from_run(args.run)
-    inputs = torch.stack([prepare(path) for path in args.images])  # (N,28,28); errors name the file
-    probs = recognizer.probabilities(inputs)
-    for path, p in zip(args.images, probs):
-        digit = int(p.argmax())
+    run, rest = (paths[0], paths[1:]) if paths[0].is_dir() else (None, paths)
+    if not rest:
+        raise DigitlabError("no image files given", "name one or more image files after the run folder")
+    return run, rest
+
+
+def run(args) -> int:
+    from digitlab import api, pretrained
+
+    run_dir, images = split_run(args.paths)
+    recognizer = api.Recognizer(pretrained.resolve("recognize", run_dir))
+    inputs, _ = recognizer.prepare(images)  # (N,28,28); errors name the file
+    readings = api.verdict.read(recognizer.logits(inputs), recognizer.calibration)
+    for path, r in zip(images, readings):
         if args.json:
-            print(json.dumps({"image": str(path), "digit": digit, "probability": round(float(p[digit]), 6),
-                              "probabilities": [round(float(v), 6) for v in p]}))
+            print(json.dumps({"image": str(path), **r.to_dict()}))
         else:
-            bars = "  ".join(f"{d}:{float(v):.3f}" for d, v in enumerate(p))
-            print(f"{path}: {digit}  (p={float(p[digit]):.3f})\n  {bars}")
+            bars = "  ".join(f"{d}:{v:.3f}" for d, v in enumerate(r.probabilities))
+            print(f"{path}: {r}\n  {bars}")
     if args.save_input:
         from digitlab.report.figures import plot_image_grid
 
-        titles = [f"{path.name}: {int(p.argmax())}" for path, p in zip(args.images, probs)]
+        titles = [f"{path.name}: {r.message}" for path, r in zip(images, readings)]
         plot_image_grid(inputs, args.save_input, titles, suptitle="What the model saw (28x28)")
     return 0

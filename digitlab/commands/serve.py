@@ -2,22 +2,26 @@
 
 from __future__ import annotations
 
+import argparse
 from pathlib import Path
 
 
 def register(sub) -> None:
-    p = sub.add_parser("serve", help="web demo and JSON API (recognise, denoise, compare)",
+    p = sub.add_parser("serve", formatter_class=argparse.RawDescriptionHelpFormatter,
+                       help="web demo and JSON API (recognise, denoise, compare)",
                        description="Serves a drawing page and a JSON API (OpenAPI docs at /docs). Without a RUN "
-                                   "for a task, its newest finished run under runs/<task>/ is used.",
-                       epilog="example: digitlab serve --recognize runs/recognize/<run> --port 8000")
+                                   "for a task, digitlab's shipped model of that task answers; `--TASK newest` "
+                                   "picks the newest finished run under runs/<task>/.",
+                       epilog="examples:\n  digitlab serve\n  digitlab serve --recognize runs/recognize/<run> --port 8000\n"
+                              "  digitlab serve --recognize newest --denoise newest")
     for task in ("recognize", "denoise", "compare"):
-        p.add_argument(f"--{task}", type=Path, metavar="RUN", help=f"{task} run (default: the newest)")
+        p.add_argument(f"--{task}", metavar="RUN", help=f"{task} run folder, or 'newest' (default: the shipped model)")
     p.add_argument("--host", default="127.0.0.1", help="address to bind (default 127.0.0.1: this machine only)")
     p.add_argument("--port", type=int, default=8000)
     p.add_argument("--runtime", choices=("torch", "onnx"), default="torch",
                    help="onnx: onnxruntime on RUN/model.onnx (exported on first use)")
     p.add_argument("--threads", type=int, help="CPU threads for inference (default: torch's default)")
-    p.add_argument("--runs", type=Path, help="runs root to search (default $DIGITLAB_RUNS or runs/)")
+    p.add_argument("--runs", type=Path, help="runs root that 'newest' searches (default $DIGITLAB_RUNS or runs/)")
     p.add_argument("--access-log", action="store_true", help="log every request")
     p.set_defaults(func=run)
 

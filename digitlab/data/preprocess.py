@@ -78,6 +78,23 @@ def prepare(source: str | Path | bytes) -> torch.Tensor:
     return to_mnist(load_image(source))
 
 
+def noisy_to_28(gray: np.ndarray) -> torch.Tensor:
+    """An already noisy grayscale image -> float32 (28, 28), white ink on black, WITHOUT cropping:
+    noise all over the image would move the ink box. Invert a light background, then area-resize."""
+    g = np.asarray(gray, dtype=np.float32)
+    border = np.concatenate([g[0], g[-1], g[:, 0], g[:, -1]])
+    if np.median(border) > 0.5:
+        g = 1 - g
+    if g.shape != (SIZE, SIZE):
+        g = np.asarray(Image.fromarray(g).resize((SIZE, SIZE), Image.Resampling.BOX))
+    return torch.from_numpy(np.clip(g, 0, 1).astype(np.float32))
+
+
+def from_pil(img: Image.Image) -> np.ndarray:
+    """A PIL image (any mode, alpha composited as for files) -> float32 grayscale (H, W) in [0, 1]."""
+    return _to_gray(img)
+
+
 def from_array(values, normalize: bool = True) -> torch.Tensor:
     """A 28x28 grid of pixel values (nested lists or array) -> float32 (28, 28) tensor in [0, 1].
 

@@ -1,4 +1,5 @@
-"""A run directory explains itself: config, history, metrics, weights and how to rebuild the model.
+"""Writing a run directory: config, history, metrics, weights and how to rebuild the model.
+Reading it (and the checks that go with reading) lives in digitlab.runfolder.
 
     RUN/config.json        resolved TrainConfig
     RUN/history.jsonl      one JSON object per finished epoch
@@ -19,12 +20,12 @@ from pathlib import Path
 
 import torch
 import torch.nn as nn
-from safetensors.torch import load_file, save_file
+from safetensors.torch import save_file
 
 from digitlab import io
 from digitlab.config import TrainConfig
-from digitlab.errors import DigitlabError
 from digitlab.models import registry
+from digitlab.runfolder import check_run_dir, load_config, load_model, read_history  # noqa: F401 (re-exported)
 
 
 def default_runs_root() -> Path:
@@ -43,25 +44,6 @@ def new_run_dir(cfg: TrainConfig, root: Path | None = None, name: str | None = N
     return path
 
 
-def check_run_dir(path: str | Path) -> Path:
-    path = Path(path)
-    if not (path / "config.json").is_file():
-        raise DigitlabError(f"{path} is not a digitlab run directory (no config.json)",
-                            "pass a folder made by `digitlab train`, e.g. runs/recognize/<name>")
-    return path
-
-
-def load_config(run: Path) -> TrainConfig:
-    return TrainConfig.from_dict(io.read_json(check_run_dir(run) / "config.json"))
-
-
-def read_history(run: Path) -> list[dict]:
-    path = Path(run) / "history.jsonl"
-    if not path.exists():
-        return []
-    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
-
-
 def write_history(run: Path, history: list[dict]) -> None:
     """Rewritten whole (atomically) each epoch so a kill never leaves a torn line."""
     io.write_text(Path(run) / "history.jsonl", "".join(json.dumps(h) + "\n" for h in history))
@@ -75,23 +57,6 @@ def save_model(run: Path, model: nn.Module, cfg: TrainConfig, extra: dict | None
             "params": registry.count_params(model), "input": "(B,1,28,28) float in [0,1], white ink on black",
             **(extra or {})}
     io.write_json(Path(run) / "model.json", meta)
-
-
-def load_model(run: str | Path, device: str | torch.device = "cpu") -> tuple[nn.Module, dict]:
-    """Rebuild the model of a run from model.json and load its safetensors weights."""
-    run = check_run_dir(run)
-    meta_path, weights = run / "model.json", run / "model.safetensors"
-    if not weights.is_file() or not meta_path.is_file():
-        raise DigitlabError(f"run {run} has no saved model (model.safetensors / model.json missing)",
-                            "let training finish, or resume it with `digitlab train --resume RUN`")
-    meta = io.read_json(meta_path)
-    model = registry.create(meta["model"], **meta.get("model_args", {}))
-    try:
-        model.load_state_dict(load_file(str(weights), device=str(device)))
-    except Exception as exc:  # corrupt file or mismatched architecture
-        raise DigitlabError(f"cannot load weights from {weights}: {exc}",
-                            "the file is damaged or from another model; retrain or restore it") from None
-    return model.to(device).eval(), meta
 
 
 def save_checkpoint(run: Path, state: dict) -> None:

@@ -7,7 +7,6 @@ written through `atomic_path`, so a failed draw never leaves a half-written PNG 
 
 from __future__ import annotations
 
-import json
 import math
 import os
 from pathlib import Path
@@ -22,6 +21,7 @@ from matplotlib.ticker import MaxNLocator
 
 from digitlab.errors import DigitlabError
 from digitlab.io import atomic_path, read_json
+from digitlab.runfolder import read_history  # noqa: F401 (also used by html and study reports)
 
 DPI = 110
 TRAIN_STYLE = "-"
@@ -468,29 +468,12 @@ def plot_heatmap(array: Any, path: str | os.PathLike, title: str, colorbar_label
 # --------------------------------------------------------------------------- run directories
 
 
-def read_history(run_dir: str | os.PathLike) -> list[dict]:
-    """Epoch records from RUN/history.jsonl; a torn last line (run killed mid-write) is dropped."""
-    path = Path(run_dir) / "history.jsonl"
-    if not path.is_file():
-        raise DigitlabError(f"no history.jsonl in {run_dir}", "point at a run directory written by `digitlab train`")
-    lines = [line for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
-    records = []
-    for i, line in enumerate(lines):
-        try:
-            record = json.loads(line)
-        except json.JSONDecodeError:
-            if i == len(lines) - 1:
-                break
-            raise DigitlabError(f"{path} line {i + 1} is not valid JSON", "repair or delete the broken line") from None
-        if isinstance(record, dict):
-            records.append(record)
-    return records
-
-
 def plot_curves_for_run(run_dir: str | os.PathLike) -> Path:
     """RUN/figures/curves.png from history.jsonl, titled with task/model and the best epoch marked."""
     run_dir = Path(run_dir)
     history = read_history(run_dir)
+    if not history:
+        raise DigitlabError(f"no history.jsonl in {run_dir}", "point at a run directory written by `digitlab train`")
     config = _read_optional_json(run_dir / "config.json")
     metrics = _read_optional_json(run_dir / "metrics.json")
     parts = [str(config[k]) for k in ("task", "model") if config.get(k)]

@@ -67,12 +67,7 @@ def noisy_from_upload(data: bytes, field: str = "image") -> torch.Tensor:
         g = preprocess.load_image(data, max_pixels=MAX_PIXELS)
     except DigitlabError as e:
         raise ApiError(400, f"'{field}': {e.problem}", e.fix) from None
-    border = np.concatenate([g[0], g[-1], g[:, 0], g[:, -1]])
-    if np.median(border) > 0.5:
-        g = 1 - g
-    if g.shape != (28, 28):
-        g = np.asarray(Image.fromarray(g.astype(np.float32)).resize((28, 28), Image.Resampling.BOX))
-    return torch.from_numpy(np.clip(g, 0, 1).astype(np.float32))
+    return preprocess.noisy_to_28(g)
 
 
 def from_pixels(values, normalize: bool = True, field: str = "pixels") -> torch.Tensor:

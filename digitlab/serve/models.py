@@ -14,10 +14,10 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from digitlab import io
+from digitlab import pretrained, runfolder
 from digitlab.engine import run as runs
 from digitlab.errors import DigitlabError
-from digitlab.export import IO_NAMES, _Flat, onnx_session
+from digitlab.export import IO_NAMES, FlatOutputs, onnx_session
 
 TASKS = ("recognize", "denoise", "compare")
 RUNTIMES = ("torch", "onnx")
@@ -58,11 +58,8 @@ class Engine:
 
 def load_engine(task: str, run: str | Path, runtime: str = "torch") -> Engine:
     run = Path(run)
-    model, meta = runs.load_model(run)
-    if meta.get("task") != task:
-        raise DigitlabError(f"{run} is a {meta.get('task')!r} run, not a {task!r} run",
-                            f"pass a run made by `digitlab train {task}` to --{task}")
-    metrics = io.read_json(run / "metrics.json") if (run / "metrics.json").is_file() else {}
+    model, meta = runfolder.load_model(run, task=task)
+    metrics = runfolder.read_metrics(run)
     if runtime == "onnx":
         session = onnx_session(run)
         names = IO_NAMES[task][0]
@@ -70,7 +67,7 @@ def load_engine(task: str, run: str | Path, runtime: str = "torch") -> Engine:
         def call(*arrays):
             return tuple(session.run(None, dict(zip(names, arrays))))
     else:
-        flat, lock = _Flat(model, task).eval(), threading.Lock()
+        flat, lock = FlatOutputs(model, task).eval(), threading.Lock()
 
         def call(*arrays):
             # Serialised: torch already uses every thread for one call, and concurrent
@@ -81,16 +78,35 @@ def load_engine(task: str, run: str | Path, runtime: str = "torch") -> Engine:
     return Engine(task, run, runtime, meta, metrics, call)
 
 
+NEWEST = "newest"  # --TASK newest: the newest finished run under the runs root
+
+
+def choose_run(task: str, chosen: str | Path | None, root: Path | None = None) -> Path | None:
+    """The run given; "newest": the newest finished run of the task; None: the shipped model, if any."""
+    if str(chosen) == NEWEST:
+        found = newest_run(task, root)
+        if found is None:
+            raise DigitlabError(f"--{task} newest: no finished {task} run under {(root or runs.default_runs_root())}",
+                                f"train one with `digitlab train {task}`, or leave --{task} out for the shipped model")
+        return found
+    if chosen is not None:
+        return Path(chosen)
+    try:
+        return pretrained.path(task)
+    except DigitlabError:
+        return None
+
+
 def load_engines(chosen: dict[str, str | Path | None], runtime: str = "torch",
                  root: Path | None = None) -> tuple[dict[str, Engine], dict[str, str]]:
-    """Load the chosen run of each task, else its newest run; returns (engines, {task: why missing})."""
+    """Load the chosen run of each task (see choose_run); returns (engines, {task: why missing})."""
     if runtime not in RUNTIMES:
         raise DigitlabError(f"unknown runtime {runtime!r}", f"use one of {', '.join(RUNTIMES)}")
     engines, missing = {}, {}
     for task in TASKS:
-        run = chosen.get(task) or newest_run(task, root)
+        run = choose_run(task, chosen.get(task), root)
         if run is None:
-            missing[task] = f"no {task} model yet: train one with `digitlab train {task}`, then restart the server"
+            missing[task] = f"no {task} model: train one with `digitlab train {task}`, then restart the server"
             continue
         engines[task] = load_engine(task, run, runtime)
     return engines, missing
