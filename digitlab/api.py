@@ -53,9 +53,11 @@ def as_images(images: Any) -> tuple[list[np.ndarray], bool]:
         if not images:
             raise DigitlabError("no images given (an empty list)", "pass at least one image")
         return [_gray(x) for x in images], False
-    if isinstance(images, (np.ndarray, torch.Tensor)) and images.ndim in (3, 4) and not (
-            images.ndim == 3 and images.shape[0] == 1):
-        batch = images.reshape(images.shape[0], *images.shape[-2:]) if images.ndim == 4 else images
+    if isinstance(images, (np.ndarray, torch.Tensor)) and images.ndim >= 3 and tuple(images.shape[:1]) != (1,):
+        batch = images[:, 0] if images.ndim == 4 and images.shape[1] == 1 else images
+        if batch.ndim != 3:
+            raise DigitlabError(f"a batch of images must be (B, H, W) or (B, 1, H, W), got shape {tuple(images.shape)}",
+                                "pass grayscale images: one channel each")
         return [_gray(x) for x in batch], False
     return [_gray(images)], True
 
