@@ -1,0 +1,23 @@
+#!/usr/bin/env bash
+# Rebuild digitlab's shipped models (digitlab/pretrained/<task>/) from their presets, seed 0, 1 thread
+# (a fixed thread count keeps the arithmetic, and so the weights, the same run after run on one machine).
+# Each model is trained by `digitlab train`, then packed by `python -m digitlab.pretrained.build`, which
+# writes its MODEL_CARD.md and records its SHA-256 and check figures in benchmarks/pretrained-<task>.json.
+#
+#   bash scripts/build_pretrained.sh                 # all three (about 30 minutes on 2 CPU cores)
+#   bash scripts/build_pretrained.sh recognize       # one of them
+#
+# WORK (default build/pretrained-runs) keeps the full run folders (history, figures, report).
+set -euo pipefail
+cd "$(dirname "$0")/.."
+work=${WORK:-build/pretrained-runs}
+declare -A preset=([recognize]=recognize-robust [denoise]=denoise-fast [compare]=compare-small)
+tasks=("$@")
+[ ${#tasks[@]} -gt 0 ] || tasks=(recognize denoise compare)
+for task in "${tasks[@]}"; do
+  [ -n "${preset[$task]:-}" ] || { echo "unknown task $task: use recognize, denoise or compare" >&2; exit 2; }
+  run="$work/$task"
+  rm -rf "$run"
+  digitlab train "$task" --preset "${preset[$task]}" --seed 0 --set threads=1 --out "$run" --quiet
+  python -m digitlab.pretrained.build "$run" --preset "${preset[$task]}"
+done

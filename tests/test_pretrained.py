@@ -1,0 +1,62 @@
+"""The shipped models: present, within the size budget, the bytes recorded, the figures recorded,
+and usable with no run folder from the CLI and the Python API."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from PIL import Image, ImageDraw
+
+import digitlab
+from digitlab import pretrained
+from digitlab.pretrained import build
+
+RECORDS = Path(__file__).resolve().parents[1] / "benchmarks"
+MAX_BYTES = 10 * 2**20  # all shipped files together
+
+
+def record(task: str) -> dict:
+    return json.loads((RECORDS / f"pretrained-{task}.json").read_text())
+
+
+@pytest.mark.parametrize("task", pretrained.TASKS)
+def test_shipped_bytes_are_the_recorded_ones(task):
+    folder = pretrained.path(task)
+    assert build.sha256(folder / "model.safetensors") == record(task)["sha256"]
+    assert (folder / "MODEL_CARD.md").read_text().count(record(task)["sha256"]) == 1
+
+
+def test_shipped_models_fit_the_size_budget():
+    total = sum(p.stat().st_size for p in pretrained.ROOT.rglob("*") if p.is_file() and "__pycache__" not in p.parts)
+    assert total <= MAX_BYTES, f"{total:,} bytes shipped"
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("task", pretrained.TASKS)
+def test_shipped_model_gives_its_recorded_figures(task, mnist_dir):
+    want = record(task)["slice"]
+    got = build.measure(pretrained.path(task), mnist_dir)
+    for key, value in got.items():
+        assert value == pytest.approx(want[key], abs=2e-3 if key in ("psnr",) else 1e-3), key
+
+
+def test_api_loads_the_shipped_models():
+    for task, cls in (("recognize", digitlab.Recognizer), ("denoise", digitlab.Denoiser),
+                      ("compare", digitlab.Comparer)):
+        model = digitlab.load(task)
+        assert type(model) is cls and model.shipped and "shipped" in repr(model)
+
+
+def test_cli_predicts_with_the_shipped_model(tmp_path):
+    img = Image.new("L", (140, 140), 255)
+    ImageDraw.Draw(img).line([(70, 20), (70, 120)], fill=0, width=12)  # a plain "1"
+    img.save(tmp_path / "one.png")
+    out = subprocess.run([sys.executable, "-m", "digitlab", "predict", str(tmp_path / "one.png"), "--json"],
+                         capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0, out.stderr
+    answer = json.loads(out.stdout)
+    assert answer["digit"] == 1 and answer["abstain"] is None, answer
