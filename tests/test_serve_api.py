@@ -66,9 +66,12 @@ def run_dir(tmp_path_factory) -> Path:
 
 @pytest.fixture(scope="module")
 def client(run_dir):
+    """Recognition from run_dir; no denoise or compare model at all (an install without shipped models)."""
     app = create_app(recognize=run_dir, runs_root=run_dir.parent.parent / "no-runs-here")
-    with fastapi_testclient.TestClient(app, raise_server_exceptions=False) as c:
-        yield c
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr("digitlab.pretrained.ROOT", run_dir.parent.parent / "no-shipped-models")
+        with fastapi_testclient.TestClient(app, raise_server_exceptions=False) as c:
+            yield c
 
 
 def assert_error(r, status: int, *words: str) -> None:
