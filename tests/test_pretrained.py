@@ -60,3 +60,18 @@ def test_cli_predicts_with_the_shipped_model(tmp_path):
     assert out.returncode == 0, out.stderr
     answer = json.loads(out.stdout)
     assert answer["digit"] == 1 and answer["abstain"] is None, answer
+
+
+def test_serve_answers_every_task_with_no_run_given(tmp_path):
+    fastapi_testclient = pytest.importorskip("fastapi.testclient")
+    from digitlab.serve.app import create_app
+
+    with fastapi_testclient.TestClient(create_app(runs_root=tmp_path)) as client:
+        health = client.get("/healthz").json()
+        assert health["tasks"] == ["compare", "denoise", "recognize"]
+        one = [[0.0] * 28 for _ in range(28)]
+        for row in one[6:22]:
+            row[13] = row[14] = 1.0
+        assert client.post("/api/recognize/pixels", json={"pixels": one}).json()["digit"] == 1
+        assert client.post("/api/denoise/pixels", json={"pixels": one, "noise": "gaussian"}).status_code == 200
+        assert client.post("/api/compare/pixels", json={"a": one, "b": one}).json()["same_probability"] > 0.5
