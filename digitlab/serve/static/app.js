@@ -77,7 +77,7 @@ function newest(send) {
       const answer = await send(mine.signal);
       return mine === current ? answer : null;
     } catch (e) {
-      if (mine.signal.aborted) return null;
+      if (mine.signal.aborted || mine !== current) return null;  // a stale request's failure is moot too
       throw e;
     }
   };
