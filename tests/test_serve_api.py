@@ -3,6 +3,7 @@ bad input gets a 4xx JSON {"error", "fix"} while the server keeps answering."""
 
 from __future__ import annotations
 
+import base64
 import io
 import json
 from pathlib import Path
@@ -48,6 +49,11 @@ def drawn_one(size: int = 200, fmt: str = "PNG") -> bytes:
     img = Image.new("L", (size, size), 255)
     ImageDraw.Draw(img).line([(size // 2, size // 6), (size // 2, 5 * size // 6)], fill=0, width=size // 14)
     return png(img.convert("RGB") if fmt == "JPEG" else img, fmt)
+
+
+def canvas(img: Image.Image) -> dict:
+    """The JSON body the page sends: the drawing's gray bytes, base64."""
+    return {"width": img.width, "height": img.height, "gray": base64.b64encode(img.convert("L").tobytes()).decode()}
 
 
 class FakeDenoiser:
@@ -115,6 +121,17 @@ def test_pixels_and_batch_agree(client, run_dir):
         assert np.allclose(res["probabilities"], want, atol=1e-5)
 
 
+def test_canvas_is_prepared_like_an_upload(client):
+    """The page's pixels go through the same crop/fit/centre as an uploaded PNG of the same drawing."""
+    drawing = Image.open(io.BytesIO(drawn_one(140)))
+    r = client.post("/api/recognize/canvas", json=canvas(drawing))
+    assert r.status_code == 200, r.text
+    upload = client.post("/api/recognize", files={"image": ("one.png", drawn_one(140), "image/png")}).json()
+    assert r.json()["input"] == upload["input"]
+    assert np.allclose(r.json()["probabilities"], upload["probabilities"], atol=1e-6)
+    assert {"message", "abstain", "runner_up"} <= set(r.json())
+
+
 def test_batch_of_uploads(client, run_dir):
     files = [("images", ("a.png", drawn_one(), "image/png")),
              ("images", ("b.jpg", drawn_one(fmt="JPEG"), "image/jpeg"))]
@@ -136,7 +153,7 @@ def test_healthz_models_and_openapi(client, run_dir):
     assert "digitlab train compare" in m["missing"]["compare"]
     paths = client.get("/openapi.json").json()["paths"]
     for p in ("/api/recognize", "/api/recognize/pixels", "/api/recognize/batch", "/api/recognize/files",
-              "/api/denoise", "/api/compare",
+              "/api/recognize/canvas", "/api/denoise", "/api/compare", "/api/compare/canvas",
               "/api/models", "/healthz"):
         assert p in paths
     page = client.get("/")
@@ -188,9 +205,42 @@ def test_denoise_and_compare_endpoints_with_stand_in_models(run_dir):
         pair = {"a": ("a.png", drawn_one(), "image/png"), "b": ("b.png", drawn_one(), "image/png")}
         r = c.post("/api/compare", files=pair)
         assert r.status_code == 200 and abs(r.json()["same_probability"] - 1 / (1 + np.exp(-2))) < 1e-6
+        one = canvas(Image.open(io.BytesIO(drawn_one(100))))
+        r = c.post("/api/compare/canvas", json={"a": one, "b": one})
+        assert r.status_code == 200, r.text
+        assert r.json()["a"] == c.post("/api/compare", files=pair).json()["a"]
+        assert_error(c.post("/api/compare/canvas", json={"a": one, "b": {**one, "width": 99}}), 422,
+                     "b", "one byte per pixel")
 
 
 # --- errors --------------------------------------------------------------------------------------
+
+def test_canvas_of_wrong_size(client):
+    body = canvas(Image.new("L", (140, 140), 255))
+    assert_error(client.post("/api/recognize/canvas", json={**body, "width": 139}), 422,
+                 "19,600 bytes", "139x140 = 19,460", "one byte per pixel")
+    assert_error(client.post("/api/recognize/canvas", json={**body, "gray": ""}), 422, "0 bytes")
+    assert_error(client.post("/api/recognize/canvas", json={**body, "width": 0}), 422, "width")
+
+
+@pytest.mark.parametrize("gray", ["not base64!", "AAE", "AA\nEC"])
+def test_canvas_of_bad_base64(client, gray):
+    assert_error(client.post("/api/recognize/canvas", json={"width": 2, "height": 2, "gray": gray}), 422,
+                 "gray", "not valid base64")
+
+
+def test_canvas_too_large(client):
+    """Each side is capped, and so is the string's length, before any decoding."""
+    assert_error(client.post("/api/recognize/canvas", json={"width": 1001, "height": 1, "gray": "AAAA"}), 422,
+                 "width", "1000")
+    huge = base64.b64encode(bytes(1001 * 1000)).decode()
+    assert_error(client.post("/api/recognize/canvas", json={"width": 1000, "height": 1000, "gray": huge}), 422,
+                 "gray", "at most")
+
+
+def test_blank_canvas(client):
+    assert_error(client.post("/api/recognize/canvas", json=canvas(Image.new("L", (140, 140), 255))), 400, "blank")
+
 
 def test_not_an_image(client):
     assert_error(client.post("/api/recognize", files={"image": ("x.png", b"hello, not a picture", "image/png")}),

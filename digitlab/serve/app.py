@@ -20,6 +20,7 @@ from fastapi.staticfiles import StaticFiles
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from digitlab import verdict
+from digitlab.data import preprocess
 from digitlab.data.noise import NOISE_KINDS
 from digitlab.errors import DigitlabError
 from digitlab.serve import schemas as S
@@ -100,6 +101,12 @@ def create_app(recognize: str | Path | None = None, denoise: str | Path | None =
         e = engine(request, "recognize")
         return {"run": e.run.name, **run_recognise(e, [from_pixels(body.pixels, body.normalize)])[0]}
 
+    @app.post("/api/recognize/canvas", response_model=S.RecognizeResponse, responses=ERRORS,
+              summary="recognise a drawing sent as base64 grayscale bytes, prepared like an upload")
+    def recognize_canvas(request: Request, body: S.Canvas):
+        e = engine(request, "recognize")
+        return {"run": e.run.name, **run_recognise(e, [preprocess.to_mnist(body.image())])[0]}
+
     @app.post("/api/recognize/batch", response_model=S.BatchResponse, responses=ERRORS,
               summary=f"recognise up to {S.MAX_BATCH} 28x28 arrays in one call")
     def recognize_batch(request: Request, body: S.BatchRequest):
@@ -172,6 +179,13 @@ def create_app(recognize: str | Path | None = None, denoise: str | Path | None =
     def compare_pixels(request: Request, body: S.CompareRequest):
         e = engine(request, "compare")
         return run_compare(e, from_pixels(body.a, body.normalize, "a"), from_pixels(body.b, body.normalize, "b"))
+
+    @app.post("/api/compare/canvas", response_model=S.CompareResponse, responses=ERRORS,
+              summary="probability that two drawings (base64 grayscale bytes, as for /api/recognize/canvas) "
+                      "show the same digit")
+    def compare_canvas(request: Request, body: S.CompareCanvasRequest):
+        e = engine(request, "compare")
+        return run_compare(e, preprocess.to_mnist(body.a.image()), preprocess.to_mnist(body.b.image()))
 
     return app
 

@@ -2,11 +2,15 @@
 
 from __future__ import annotations
 
+import base64
+import binascii
 from typing import Annotated, Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+import numpy as np
+from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, field_validator, model_validator
 
 MAX_BATCH = 256  # images per /api/recognize/batch request
+MAX_CANVAS_SIDE = 1000  # pixels per side of a /canvas drawing (the page sends 140x140)
 
 Pixel = Annotated[float, Field(allow_inf_nan=False)]
 Row = Annotated[list[Pixel], Field(min_length=28, max_length=28)]
@@ -42,6 +46,46 @@ class CompareRequest(_Strict):
     a: Pixels
     b: Pixels
     normalize: bool = True
+
+
+class Canvas(_Strict):
+    """A drawing's grayscale pixels, one byte each, row by row, base64-encoded.
+
+    The server prepares it like an uploaded image (crop to the ink, fit 20x20, centre by mass), so
+    send the drawing as drawn, only shrunk if large: shrinking it to 28x28 yourself skips that.
+    """
+
+    width: int = Field(ge=1, le=MAX_CANVAS_SIDE)
+    height: int = Field(ge=1, le=MAX_CANVAS_SIDE)
+    gray: str = Field(max_length=4 * -(-MAX_CANVAS_SIDE ** 2 // 3),  # base64 of the largest drawing
+                      description="width*height bytes (0 black .. 255 white; dark or light ink), base64")
+    _bytes: bytes = PrivateAttr(b"")
+
+    @field_validator("gray")
+    @classmethod
+    def _base64(cls, value: str) -> str:
+        try:
+            base64.b64decode(value, validate=True)
+        except binascii.Error as e:  # also non-alphabet characters: validate=True refuses, not skips them
+            raise ValueError(f"is not valid base64 ({e}); encode the bytes with btoa or base64.b64encode") from None
+        return value
+
+    @model_validator(mode="after")
+    def _one_byte_per_pixel(self) -> "Canvas":
+        self._bytes = base64.b64decode(self.gray)
+        if len(self._bytes) != self.width * self.height:
+            raise ValueError(f"gray holds {len(self._bytes):,} bytes, but width x height is {self.width}x"
+                             f"{self.height} = {self.width * self.height:,}; send one byte per pixel")
+        return self
+
+    def image(self) -> np.ndarray:
+        """(height, width) float32 in [0, 1]."""
+        return np.frombuffer(self._bytes, np.uint8).reshape(self.height, self.width).astype(np.float32) / 255
+
+
+class CompareCanvasRequest(_Strict):
+    a: Canvas
+    b: Canvas
 
 
 class RunnerUp(BaseModel):
