@@ -100,8 +100,9 @@ def pack(run: Path, preset: str, data_dir=None) -> Path:
 
 def model_card(record: dict) -> str:
     cfg, test = record["config"], record["test"]
-    figures = "\n".join(f"| {k} | {_fmt(v)} |" for k, v in test.items())
-    slice_rows = "\n".join(f"| {k} | {_fmt(v)} |" for k, v in record["slice"].items())
+    # Seconds are left out of the card: they depend on what else the machine was doing (metrics.json has them).
+    figures = "\n".join(f"| {k} | {_fmt(v)} |" for k, v in test.items() if not k.endswith("_seconds"))
+    slice_rows = "\n".join(f"| {k} | {_fmt(v)} |" for k, v in record["slice"].items() if k not in ("split", "first"))
     return f"""# Shipped {record['task']} model: `{record['model']}`
 
 {CARD_TEXT[record['task']]['what']}
