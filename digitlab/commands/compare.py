@@ -5,8 +5,6 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-import torch
-
 
 def register(sub) -> None:
     p = sub.add_parser("compare", help="probability that two images show the same digit",
@@ -33,12 +31,14 @@ def load_comparer(run: Path):
     return model
 
 
-@torch.inference_mode()
 def same_probability(model, a: torch.Tensor, b: torch.Tensor) -> tuple[float, float]:
     """(28,28) x2 in [0,1] -> (P(same digit), cosine similarity of the embeddings)."""
-    e1, e2 = model.embed(torch.stack([a, b])[:, None]).chunk(2)  # (1, D) each
-    prob = torch.sigmoid(model.head_logit(e1, e2)).item()
-    return prob, torch.nn.functional.cosine_similarity(e1, e2).item()
+    import torch  # here, not at the top: registering the command must not import torch
+
+    with torch.inference_mode():
+        e1, e2 = model.embed(torch.stack([a, b])[:, None]).chunk(2)  # (1, D) each
+        prob = torch.sigmoid(model.head_logit(e1, e2)).item()
+        return prob, torch.nn.functional.cosine_similarity(e1, e2).item()
 
 
 def run(args) -> int:

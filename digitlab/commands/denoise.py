@@ -5,9 +5,6 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-import numpy as np
-import torch
-
 from digitlab.errors import DigitlabError
 
 
@@ -28,6 +25,8 @@ def register(sub) -> None:
 
 
 def run(args) -> int:
+    import torch  # here, not at the top: registering the command must not import torch
+
     from digitlab.data.noise import NOISE_KINDS
     from digitlab.data.preprocess import prepare
     from digitlab.engine import run as runs
@@ -63,6 +62,7 @@ def run(args) -> int:
 
 def save_png(image: torch.Tensor, path: Path, scale: int = 1) -> None:
     """(28,28) float in [0,1] -> 8-bit grayscale PNG, white ink on black like MNIST; written atomically."""
+    import numpy as np
     from PIL import Image
 
     from digitlab import io

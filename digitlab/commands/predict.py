@@ -5,8 +5,6 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-import torch
-
 
 def register(sub) -> None:
     p = sub.add_parser("predict", help="recognise the digit in image files (PNG, JPEG, ...)",
@@ -22,6 +20,8 @@ def register(sub) -> None:
 
 
 def run(args) -> int:
+    import torch  # here, not at the top: registering the command must not import torch
+
     from digitlab.data.preprocess import prepare
     from digitlab.inference import Recognizer
 
