@@ -3,8 +3,8 @@
     import digitlab
     digitlab.load("recognize").predict("my.png")
 
-`load`, `train` and the result types come from digitlab.api, imported on first use so that
-`import digitlab` (and the CLI's start) does not import torch.
+`import digitlab` is cheap (no torch): `load`, `train` and the result types come from digitlab.api,
+imported on first use through the module __getattr__ below (PEP 562), so the CLI starts at once.
 """
 
 __version__ = "0.1.0"
@@ -17,3 +17,7 @@ def __getattr__(name: str):
 
         return getattr(api, name)
     raise AttributeError(f"module 'digitlab' has no attribute {name!r}")
+
+
+def __dir__() -> list[str]:
+    return sorted([*globals(), *__all__])

@@ -1,5 +1,6 @@
 #!/usr/bin/env bash
-# One-command install: a virtual environment in .venv with torch and digitlab (+ test tools).
+# One-command install: a virtual environment in .venv with torch and digitlab, every extra and the test
+# tools (`.[all,dev]`; `pip install digitlab` alone is the lean core, see README).
 #
 # torch is installed FIRST and pinned (TORCH_SPEC, default torch==2.13.0) so that pip never picks
 # a newer multi-GB build by itself. A torch already present in .venv is kept: on a GPU machine,
@@ -17,6 +18,6 @@ if python -c "import torch" 2>/dev/null; then
 else
   pip install --disable-pip-version-check -q "$TORCH_SPEC"
 fi
-pip install --disable-pip-version-check -q -e ".[dev]"
+pip install --disable-pip-version-check -q -e ".[all,dev]"
 digitlab --version
 echo "installed; activate with: . .venv/bin/activate"

@@ -9,12 +9,12 @@ import subprocess
 import time
 from pathlib import Path
 
-import torch
-
 from digitlab import __version__, io
 
 
 def environment() -> dict:
+    import torch  # here: `digitlab bench --help` must not import torch
+
     return {
         "digitlab": __version__, "git": _git_commit(), "python": platform.python_version(),
         "torch": torch.__version__, "threads": torch.get_num_threads(), "cpu_count": os.cpu_count(),

@@ -8,8 +8,6 @@ from __future__ import annotations
 import time
 from pathlib import Path
 
-import torch
-
 from digitlab.bench.common import save_record
 
 
@@ -24,6 +22,8 @@ def register(sub) -> None:
 
 
 def measure(run: Path, episodes: int = 1000, seed: int = 0) -> dict:
+    import torch
+
     from digitlab import config
     from digitlab.runfolder import load_config, load_model
     from digitlab.tasks.compare import CompareTask, one_shot_accuracy

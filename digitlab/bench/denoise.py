@@ -11,15 +11,14 @@ from __future__ import annotations
 
 import re
 import time
-from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
-
-import numpy as np
-import torch
 
 from digitlab.bench.common import save_record
 from digitlab.errors import DigitlabError
-from digitlab.tasks import denoise_eval as ev
+from digitlab.extras import require
+
+# numpy, torch and digitlab.tasks.denoise_eval (torchmetrics) are imported inside the functions,
+# so that registering `digitlab bench` stays instant.
 
 # name -> (description, parameters); the parameters are recorded in the JSON.
 CLASSICAL = {
@@ -47,7 +46,13 @@ def register(sub) -> None:
 
 
 def run(args) -> int:
+    for method in args.method:  # before loading anything: every filter but `noisy` uses scipy/scikit-image
+        if method in CLASSICAL and method != "noisy":
+            require("baselines", f"`digitlab bench denoise --method {method}`")
+    import torch
+
     from digitlab.data import mnist
+    from digitlab.tasks import denoise_eval as ev
 
     images, _ = mnist.load_split("test", "mnist", args.data_dir)
     frozen = ev.frozen_test_set(images)
@@ -67,6 +72,8 @@ def run(args) -> int:
 
 
 def check_hash(sha: str) -> None:
+    from digitlab.tasks import denoise_eval as ev
+
     if ev.FROZEN_SHA256 is not None and sha != ev.FROZEN_SHA256:
         raise DigitlabError(f"the frozen denoising set hashes to {sha[:16]}..., expected {ev.FROZEN_SHA256[:16]}...",
                             "use the official MNIST test files and the same torch version; records made "
@@ -81,6 +88,8 @@ def slug(method: str) -> str:
 
 def bench_method(method: str, data: dict, workers: int = 1) -> dict:
     """Denoise data["noisy"] with `method` and summarise against data["clean"]."""
+    from digitlab.tasks import denoise_eval as ev
+
     t0 = time.perf_counter()
     kind_pred, info = None, {}
     if method.startswith("run:"):
@@ -99,6 +108,7 @@ def bench_method(method: str, data: dict, workers: int = 1) -> dict:
 
 def _run_model(run: Path, noisy: torch.Tensor):
     from digitlab.engine import run as runs
+    from digitlab.tasks import denoise_eval as ev
     from digitlab.models.registry import count_params
 
     model, meta = runs.load_model(run)
@@ -113,6 +123,8 @@ def _run_model(run: Path, noisy: torch.Tensor):
 
 def classical(method: str, noisy: torch.Tensor, workers: int = 1) -> torch.Tensor:
     """(N,1,28,28) -> (N,1,28,28) float in [0,1] with a classical filter."""
+    import numpy as np
+    import torch
     x = noisy[:, 0].numpy().astype(np.float64)  # (N,28,28)
     params = CLASSICAL[method][1]
     if method == "noisy":
@@ -133,6 +145,8 @@ def classical(method: str, noisy: torch.Tensor, workers: int = 1) -> torch.Tenso
                 raise DigitlabError("the bm3d package is not installed", "pip install bm3d, then rerun") from None
         chunks = np.array_split(x, max(1, workers * 4))
         if workers > 1:
+            from concurrent.futures import ProcessPoolExecutor
+
             with ProcessPoolExecutor(workers) as pool:
                 out = np.concatenate(list(pool.map(_filter_chunk, [method] * len(chunks), chunks)))
         else:
@@ -142,6 +156,7 @@ def classical(method: str, noisy: torch.Tensor, workers: int = 1) -> torch.Tenso
 
 def _filter_chunk(method: str, images: np.ndarray) -> np.ndarray:
     """Per-image filters (module level so a process pool can pickle the call)."""
+    import numpy as np
     from skimage.restoration import denoise_nl_means, denoise_tv_chambolle
 
     p = CLASSICAL[method][1]
@@ -164,6 +179,7 @@ def _filter_chunk(method: str, images: np.ndarray) -> np.ndarray:
 
 def estimate_sigma(img: np.ndarray) -> float:
     """Gaussian noise level by Immerkaer's Laplacian-difference method (no PyWavelets needed)."""
+    import numpy as np
     from scipy.ndimage import convolve
 
     m = np.array([[1, -2, 1], [-2, 4, -2], [1, -2, 1]], dtype=np.float64)

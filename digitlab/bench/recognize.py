@@ -6,8 +6,6 @@ from __future__ import annotations
 import time
 from pathlib import Path
 
-import torch
-
 from digitlab import io
 from digitlab.bench import train
 from digitlab.bench.common import save_record
@@ -52,6 +50,12 @@ def measure(fn, batch_1: torch.Tensor, batch_big: torch.Tensor) -> dict:
 
 
 def run_inference_bench(args) -> int:
+    if args.runtime != "torch":
+        from digitlab.extras import require
+
+        require("export", f"`digitlab bench inference --runtime {args.runtime}`")
+    import torch
+
     from digitlab.api import Recognizer
 
     rec = Recognizer(args.run)

@@ -9,20 +9,19 @@ multipart/form-data. Any non-200 answer counts as an error.
 
 from __future__ import annotations
 
-import asyncio
 import io
 import os
 import socket
 import subprocess
 import sys
 import time
-import urllib.request
 from pathlib import Path
-
-import numpy as np
 
 from digitlab.bench.common import save_record
 from digitlab.errors import DigitlabError
+from digitlab.extras import require
+
+# asyncio and urllib.request (~0.1 s of imports) are imported where used, so `digitlab --help` stays quick.
 
 
 def register(sub) -> None:
@@ -61,6 +60,8 @@ class Server:
     """`digitlab serve` in a subprocess, ready once /healthz answers."""
 
     def __init__(self, run: Path, runtime: str, threads: int):
+        import urllib.request
+
         with socket.socket() as s:
             s.bind(("127.0.0.1", 0))
             self.port = s.getsockname()[1]
@@ -90,6 +91,8 @@ class Server:
 
 
 async def _caller(port: int, request: bytes, until: list[float], latencies: list[float], errors: list[str]):
+    import asyncio
+
     reader, writer = await asyncio.open_connection("127.0.0.1", port)
     try:
         while time.perf_counter() < until[0]:
@@ -113,6 +116,8 @@ async def _caller(port: int, request: bytes, until: list[float], latencies: list
 
 
 async def _load(port: int, request: bytes, concurrency: int, seconds: float, warmup: float = 0.5) -> dict:
+    import asyncio
+
     warm_lat, warm_err = [], []
     await asyncio.gather(*(_caller(port, request, [time.perf_counter() + warmup], warm_lat, warm_err)
                            for _ in range(concurrency)))
@@ -120,6 +125,8 @@ async def _load(port: int, request: bytes, concurrency: int, seconds: float, war
     t0 = time.perf_counter()
     await asyncio.gather(*(_caller(port, request, [t0 + seconds], latencies, errors) for _ in range(concurrency)))
     elapsed = time.perf_counter() - t0
+    import numpy as np
+
     ms = np.asarray(latencies) * 1000
     return {"concurrency": concurrency, "requests": len(latencies), "seconds": round(elapsed, 3),
             "requests_per_s": len(latencies) / elapsed, "p50_ms": float(np.percentile(ms, 50)),
@@ -128,6 +135,11 @@ async def _load(port: int, request: bytes, concurrency: int, seconds: float, war
 
 
 def run(args) -> int:
+    require("serve", "`digitlab bench serve`")
+    if args.runtime != "torch":
+        require("export", f"`digitlab bench serve --runtime {args.runtime}`")
+    import asyncio
+
     from digitlab.serve.models import newest_run
 
     run_dir = args.run or newest_run("recognize")

@@ -13,7 +13,6 @@ from pathlib import Path
 from digitlab import config, io
 from digitlab.bench.common import save_record, summary
 from digitlab.config import TASKS
-from digitlab.tasks.base import get_task
 
 
 def add_arguments(p, default_preset: str | None) -> None:
@@ -38,6 +37,8 @@ def run(args) -> int:
     task = args.task
     cfg = config.resolve(task, args.preset, config.parse_set(args.set))  # a bad preset fails before any training
     preset = args.preset or config.DEFAULT_PRESETS[task]
+    from digitlab.tasks.base import get_task  # here: tasks import torch, `digitlab bench --help` must not
+
     metric = get_task(task).primary_metric
     root = args.keep_runs or Path(tempfile.mkdtemp(prefix="digitlab-bench-"))
     trials = []

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import logging
 import sys
 from contextlib import contextmanager
 
@@ -68,6 +67,8 @@ def run_fetch(args) -> int:
 @contextmanager
 def _progress_to_stderr():
     """Show which source each file came from (or why one failed) while the command runs."""
+    import logging
+
     logger = logging.getLogger("digitlab.data.fetch")
     handler = logging.StreamHandler(sys.stderr)
     handler.setFormatter(logging.Formatter("  %(message)s"))

@@ -19,6 +19,9 @@ def register(sub) -> None:
 
 
 def run(args) -> int:
+    from digitlab.extras import require
+
+    require("export", "`digitlab export`")
     from digitlab.export import export_onnx
 
     path = export_onnx(args.run, args.out, check=not args.no_check)

@@ -27,6 +27,11 @@ def register(sub) -> None:
 
 
 def run(args) -> int:
+    from digitlab.extras import require
+
+    require("serve", "`digitlab serve`")
+    if args.runtime == "onnx":
+        require("export", "`digitlab serve --runtime onnx`")
     import torch
     import uvicorn
 

@@ -8,6 +8,7 @@ from pathlib import Path
 
 from digitlab import config
 from digitlab.errors import DigitlabError
+from digitlab.extras import require
 
 
 def register(sub) -> None:
@@ -49,6 +50,7 @@ def run(args) -> int:
     if args.report_only:
         print(f"report: {report.study_report(folder)}")
         return 0
+    require("study", "`digitlab study`")  # running trials needs Optuna; the report above does not
     if args.workers < 1:
         raise DigitlabError(f"--workers {args.workers}", "use 1 or more")
     extra = dict(spec.quick) if args.quick else {}

@@ -32,6 +32,9 @@ def register(sub) -> None:
 
 
 def run(args) -> int:
+    from digitlab.extras import require
+
+    require("study", "`digitlab tune`")
     from digitlab.engine.run import default_runs_root
     from digitlab.study import tune
 

@@ -89,7 +89,7 @@ def _train(cfg, run_dir, resume, place, log, wall_start, on_epoch=None) -> Path 
         best_state, history = ckpt["best_state"], runs.read_history(run_dir)[:start_epoch]
         log(f"resuming {run_dir} after epoch {start_epoch}")
 
-    writer = _tensorboard(cfg, run_dir) if place.is_main else None
+    writer = _tensorboard(cfg, run_dir, log) if place.is_main else None
     log(f"training {cfg.task} / {cfg.model} ({params:,} parameters) on {dev}"
         f"{f' x{place.world_size} ranks' if place.distributed else ''}, "
         f"{torch.get_num_threads()} CPU threads, {task.train_size:,} train examples, "
@@ -262,8 +262,15 @@ def _epoch_line(record: dict, epochs: int) -> str:
     return "  ".join(parts)
 
 
-def _tensorboard(cfg: TrainConfig, run_dir: Path):
+def _tensorboard(cfg: TrainConfig, run_dir: Path, log=print):
     if not cfg.tensorboard:
+        return None
+    # TensorBoard is the optional `tensorboard` extra: without it the run is the same, minus RUN/tb/.
+    from digitlab.extras import note_missing
+
+    note = note_missing("tensorboard", "no TensorBoard logs are written (RUN/tb/)")
+    if note:
+        log(note)
         return None
     from torch.utils.tensorboard import SummaryWriter
 
