@@ -32,7 +32,7 @@ def run(args) -> int:
     task.setup(cfg, dev)
     measured = task.evaluate(model, args.split)
     stored_path = args.run / "metrics.json"
-    stored = io.read_json(stored_path) if stored_path.exists() else {}
+    stored = runs.read_run_json(stored_path) if stored_path.exists() else {}
     result = {f"{args.split}_{k}": v for k, v in measured.items()}
     io.write_json(args.run / f"eval-{args.split}.json", result)
     if args.json:

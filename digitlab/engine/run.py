@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import time
 from pathlib import Path
 
@@ -43,6 +44,20 @@ def new_run_dir(cfg: TrainConfig, root: Path | None = None, name: str | None = N
     return path
 
 
+def discard_unstarted(path: Path, made: bool) -> None:
+    """After a failure before the first checkpoint, remove what training wrote, so retrying the
+    same --out works (it refuses a non-empty folder); `made`: the folder itself was ours too."""
+    if (path / "checkpoint.pt").exists():
+        return  # resumable: keep everything
+    if made:
+        shutil.rmtree(path, ignore_errors=True)
+        return
+    for name in ("config.json", "history.jsonl"):
+        (path / name).unlink(missing_ok=True)
+    shutil.rmtree(path / "tb", ignore_errors=True)
+    io.remove_temp_files(path)
+
+
 def check_run_dir(path: str | Path) -> Path:
     path = Path(path)
     if not (path / "config.json").is_file():
@@ -51,8 +66,26 @@ def check_run_dir(path: str | Path) -> Path:
     return path
 
 
+def read_run_json(path: Path) -> dict:
+    """A run's JSON file as a dict; a damaged one is a DigitlabError naming it, not a traceback."""
+    try:
+        value = io.read_json(path)
+    except (OSError, UnicodeDecodeError, ValueError) as exc:
+        raise DigitlabError(f"{path} is damaged or unreadable: {exc}",
+                            "restore it from a backup, or retrain into a new run directory") from None
+    if not isinstance(value, dict):
+        raise DigitlabError(f"{path} is damaged: expected a JSON object, got {type(value).__name__}",
+                            "restore it from a backup, or retrain into a new run directory")
+    return value
+
+
 def load_config(run: Path) -> TrainConfig:
-    return TrainConfig.from_dict(io.read_json(check_run_dir(run) / "config.json"))
+    path = check_run_dir(run) / "config.json"
+    values = read_run_json(path)
+    try:
+        return TrainConfig.from_dict(values)
+    except DigitlabError as exc:
+        raise DigitlabError(f"{path}: {exc.problem}", exc.fix) from None
 
 
 def read_history(run: Path) -> list[dict]:
@@ -84,8 +117,14 @@ def load_model(run: str | Path, device: str | torch.device = "cpu") -> tuple[nn.
     if not weights.is_file() or not meta_path.is_file():
         raise DigitlabError(f"run {run} has no saved model (model.safetensors / model.json missing)",
                             "let training finish, or resume it with `digitlab train --resume RUN`")
-    meta = io.read_json(meta_path)
-    model = registry.create(meta["model"], **meta.get("model_args", {}))
+    meta = read_run_json(meta_path)
+    if not isinstance(meta.get("model"), str) or not isinstance(meta.get("model_args", {}), dict):
+        raise DigitlabError(f"{meta_path} is damaged: it lacks \"model\" or has a bad \"model_args\"",
+                            "restore it from a backup, or retrain into a new run directory")
+    try:
+        model = registry.create(meta["model"], **meta.get("model_args", {}))
+    except DigitlabError as exc:
+        raise DigitlabError(f"{meta_path}: {exc.problem}", exc.fix) from None
     try:
         model.load_state_dict(load_file(str(weights), device=str(device)))
     except Exception as exc:  # corrupt file or mismatched architecture
@@ -99,9 +138,29 @@ def save_checkpoint(run: Path, state: dict) -> None:
         torch.save(state, tmp)
 
 
+CHECKPOINT_KEYS = ("epoch", "best", "bad_epochs", "best_state", "model", "optimizer", "schedule", "scaler")
+
+
 def load_checkpoint(run: Path) -> dict | None:
+    """The resumable state, or None if there is none. A truncated, empty or foreign file (not a
+    digitlab checkpoint) raises a DigitlabError; the caller can then start over."""
     path = Path(run) / "checkpoint.pt"
     if not path.exists():
         return None
-    # weights_only: a restricted unpickler that only rebuilds tensors and plain containers.
-    return torch.load(path, map_location="cpu", weights_only=True)
+    try:
+        # weights_only: a restricted unpickler that only rebuilds tensors and plain containers.
+        state = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as exc:  # noqa: BLE001 - zip, pickle and EOF errors all mean "damaged"
+        raise bad_checkpoint(path, f"{type(exc).__name__}: {str(exc).splitlines()[0][:200] if str(exc) else ''}")
+    missing = [k for k in CHECKPOINT_KEYS if not isinstance(state, dict) or k not in state]
+    if missing:
+        raise bad_checkpoint(path, f"not a digitlab checkpoint (lacks {', '.join(missing)})")
+    if not isinstance(state["epoch"], int) or state["epoch"] < 0:
+        raise bad_checkpoint(path, f"bad epoch {state['epoch']!r}")
+    return state
+
+
+def bad_checkpoint(path: Path, why: str) -> DigitlabError:
+    return DigitlabError(f"cannot resume from {path}: {why}",
+                         f"delete {path.name} and the run's other files and train again (a new --out), "
+                         "or restore the file from a backup")
