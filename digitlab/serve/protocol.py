@@ -12,8 +12,10 @@ So `guarded_protocol(...)` subclasses uvicorn's own h11 protocol (passed as `uvi
   * every connection must deliver a request's headers within `header_timeout` s of opening, or of
     its previous response, else it is closed (the body has its own limit in app.BodyLimit);
   * at most `max_connections` are open: a new one beyond that evicts the connection that has waited
-    longest for its headers (an attacker's, as a real client sends its headers at once); if none is
-    waiting, the new connection is closed.
+    longest for its headers (an attacker's, as a real client sends its headers at once), provided
+    that one has had its chance: it sent an incomplete header, or is older than EVICT_AFTER_S. A
+    connection accepted in the same burst as hundreds of others has not been read yet, so it is not
+    evicted for being slow; if nothing is evictable, the new connection is closed instead.
 Both count into `STATS`, logged at most once a minute (see RateLimit), not once per connection.
 """
 
@@ -23,6 +25,7 @@ import logging
 import resource
 import time
 from collections import OrderedDict
+from itertools import islice
 
 import h11
 from uvicorn.protocols.http.h11_impl import H11Protocol
@@ -31,6 +34,7 @@ log = logging.getLogger("digitlab.serve")
 
 HEADER_TIMEOUT_S = 5.0
 MAX_CONNECTIONS = 1000
+EVICT_AFTER_S = 0.5
 STATS = {"header_timeouts": 0, "evicted": 0, "refused": 0}
 
 
@@ -52,7 +56,7 @@ class _GuardedH11(H11Protocol):
 
     def connection_made(self, transport) -> None:  # type: ignore[override]
         super().connection_made(transport)
-        self._deadline = None
+        self._deadline, self._opened, self._partial = None, time.monotonic(), False
         if len(self.connections) > self.max_connections and not self._evict_oldest():
             STATS["refused"] += 1
             transport.abort()
@@ -63,6 +67,8 @@ class _GuardedH11(H11Protocol):
         super().data_received(data)
         if self.conn.their_state is not h11.IDLE:  # headers complete (or the connection is ending)
             self._disarm()
+        else:
+            self._partial = True
 
     def on_response_complete(self) -> None:
         super().on_response_complete()
@@ -93,9 +99,11 @@ class _GuardedH11(H11Protocol):
             self.transport.abort()  # no 408: the client is not reading, and a reply costs a write
 
     def _evict_oldest(self) -> bool:
-        while self.waiting:
-            victim, _ = self.waiting.popitem(last=False)
-            if victim is not self and not victim.transport.is_closing():
+        now = time.monotonic()
+        for victim in list(islice(self.waiting, 64)):  # oldest first; a bounded look keeps accepting O(1)
+            if victim.transport.is_closing():
+                self.waiting.pop(victim, None)
+            elif victim is not self and (victim._partial or now - victim._opened >= EVICT_AFTER_S):
                 victim._disarm()
                 victim.transport.abort()
                 STATS["evicted"] += 1
