@@ -166,6 +166,19 @@ def images(port: int, server_pid: int, concurrency: int, n: int) -> dict:
             "body_bytes": len(body), "server_peak_rss_mb": _peak_rss_mb(server_pid)}
 
 
+def reset_peak(pid: int) -> None:
+    """Reset the process's peak RSS (VmHWM), so each phase reports its own (Linux; best effort)."""
+    try:
+        with open(f"/proc/{pid}/clear_refs", "w") as f:
+            f.write("5")
+    except OSError:
+        pass
+
+
+def peak_rss_mb(pid: int) -> float | None:
+    return _peak_rss_mb(pid)
+
+
 def rss_mb(pid: int) -> float | None:
     return _peak_rss_mb(pid, "VmRSS:")
 

@@ -211,16 +211,22 @@ def _hostile(args, run_dir: Path) -> int:
         record = {"run": str(run_dir), "server_threads": args.threads, "client_fd_limit": fds,
                   "server": "digitlab serve defaults: --max-connections 1000 --header-timeout 5",
                   "server_rss_at_start_mb": hostile.rss_mb(server.proc.pid)}
-        record["burst"] = hostile.burst(server.port, args.requests, args.burst_concurrency)
+        pid = server.proc.pid
+        hostile.reset_peak(pid)
+        record["burst"] = {**hostile.burst(server.port, args.requests, args.burst_concurrency),
+                           "server_peak_rss_mb": hostile.peak_rss_mb(pid)}
         print(f"burst: {record['burst']['requests']} requests at concurrency {args.burst_concurrency}: "
               f"{record['burst']['errors']} errors, p50 {record['burst']['p50_ms']:.0f} ms, "
               f"p99 {record['burst']['p99_ms']:.0f} ms", flush=True)
-        record["half_open"] = hostile.half_open(server.port, server.proc.pid, args.half_open, args.attack_seconds)
+        hostile.reset_peak(pid)
+        record["half_open"] = {**hostile.half_open(server.port, pid, args.half_open, args.attack_seconds),
+                               "server_peak_rss_mb": hostile.peak_rss_mb(pid)}
         h = record["half_open"]
         print(f"half-open: {h['opened']} stalled connections; /healthz {h['healthz_probes'] - h['healthz_failed']}/"
               f"{h['healthz_probes']} answered, p99 {h['healthz_p99_ms']} ms, max {h['healthz_max_ms']} ms; "
-              f"server peak open fds {h['server_peak_open_fds']}", flush=True)
-        record["images"] = hostile.images(server.port, server.proc.pid, args.image_concurrency, args.image_requests)
+              f"server peak open fds {h['server_peak_open_fds']}, peak RSS {h['server_peak_rss_mb']} MB", flush=True)
+        hostile.reset_peak(pid)
+        record["images"] = hostile.images(server.port, pid, args.image_concurrency, args.image_requests)
         i = record["images"]
         print(f"images: {i['requests']} requests of {i['images_per_request']} x {i['image']} at concurrency "
               f"{args.image_concurrency}: {i['errors']} errors, p99 {i['p99_ms']:.0f} ms, "

@@ -65,13 +65,16 @@ def server_options(args) -> dict:
         raise DigitlabError(f"--max-connections {args.max_connections} / --header-timeout {args.header_timeout}",
                             "use at least 1 connection and a header timeout in (0, 600] seconds")
     fds = protocol.raise_fd_limit()
-    if args.max_connections > fds - 100:
-        raise DigitlabError(f"--max-connections {args.max_connections} needs more open files than the limit ({fds})",
-                            f"use --max-connections {max(1, fds - 100)} or less, or raise `ulimit -n`")
+    # Up to 2x the cap can be open briefly, plus a few accept batches of `backlog` sockets each.
+    backlog = max(64, min(2048, fds // 8))
+    cap = max(1, min(args.max_connections, (fds - 4 * backlog - 100) // 2))
+    if cap < args.max_connections:
+        print(f"note: --max-connections lowered to {cap} to fit the open-files limit ({fds}; raise `ulimit -n`)")
     protocol.quiet_logs()
+    protocol.limit_malloc_arenas()
     return {"host": args.host, "port": args.port, "log_level": "warning", "access_log": args.access_log,
-            "http": protocol.guarded_protocol(args.header_timeout, args.max_connections),
-            "timeout_keep_alive": 5, "backlog": 2048, "h11_max_incomplete_event_size": 16 * 1024}
+            "http": protocol.guarded_protocol(args.header_timeout, cap),
+            "timeout_keep_alive": 5, "backlog": backlog, "h11_max_incomplete_event_size": 16 * 1024}
 
 
 def _check_port(host: str, port: int) -> None:

@@ -46,8 +46,11 @@ def load_image(source: str | Path | bytes, max_pixels: int = 40_000_000, max_sid
                 raise _too_big(name, w, h, max_pixels)
             if max_side:
                 img.draft(None, (max(1, w * max_side // max(w, h)), max(1, h * max_side // max(w, h))))
+            if max_side:  # in place: no second full-size copy of a large image
+                ImageOps.exif_transpose(img, in_place=True)  # decodes the pixels
+                return _to_gray(_shrink(img, max_side))
             img = ImageOps.exif_transpose(img)  # decodes the pixels
-            return _to_gray(_shrink(img, max_side) if max_side else img)
+            return _to_gray(img)
     except Image.DecompressionBombError as e:  # raised by Image.open itself above PIL's own limit
         raise DigitlabError(f"{name} is too large, possible decompression bomb: {e}",
                             "downscale the image (a digit needs only a few hundred pixels per side)") from None

@@ -7,6 +7,7 @@ read before any pixel is decoded, so an oversized or exotic file costs almost no
 from __future__ import annotations
 
 import io
+import os
 import threading
 
 import numpy as np
@@ -23,7 +24,8 @@ MAX_BODY_BYTES = 5_000_000  # whole request body, checked from Content-Length an
 MAX_PIXELS = 4_000_000  # decoded pixels per image (2000x2000; a digit needs far less)
 MAX_REQUEST_PIXELS = 16_000_000  # decoded pixels per request, all its images together
 WORK_SIDE = 1024  # images are box-reduced to at most about this before the float copy
-DECODE_SLOTS = 4  # images decoded at once, server-wide: decoding is CPU-bound, more only costs memory
+DECODE_SLOTS = min(4, os.cpu_count() or 1)  # images decoded at once, server-wide: decoding is CPU-bound,
+                                            # more at once only costs memory (~50 MB each at the limits)
 _decoding = threading.BoundedSemaphore(DECODE_SLOTS)
 FORMATS = {"PNG": "image/png", "JPEG": "image/jpeg", "BMP": "image/bmp", "WEBP": "image/webp"}
 FORMATS_HINT = "send a PNG, JPEG, BMP or WebP image"
