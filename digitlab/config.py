@@ -115,6 +115,9 @@ def apply_overrides(cfg: TrainConfig, values: dict) -> TrainConfig:
             if top not in DICT_FIELDS:
                 raise DigitlabError(f"config key {top!r} has no sub-keys (got {key!r})",
                                     f"write {top}=VALUE")
+            if not isinstance(data[top], dict):  # e.g. augment=null, then augment.rotate=10
+                raise DigitlabError(f"invalid config: {top} = {data[top]!r} is not a mapping, so {key} cannot be set",
+                                    f"drop {top}={data[top]!r}, or write {top}={{}}")
             data[top] = {**data[top], rest: value}
         elif top in DICT_FIELDS and isinstance(value, dict):
             data[top] = {**data[top], **value}

@@ -250,3 +250,8 @@ def test_dataclass_fields_have_defaults_that_validate():
 
 def test_exponent_without_a_dot_is_a_number_as_documented():
     assert config.parse_set(["lr=1e-3", "min_lr=2E-6", "model=1e"]) == {"lr": 1e-3, "min_lr": 2e-6, "model": "1e"}
+
+
+def test_sub_key_of_a_non_mapping_is_a_clear_error():  # found by the fuzz test above
+    with pytest.raises(DigitlabError, match="not a mapping"):
+        config.resolve("recognize", None, {"augment": None, "augment.rotate": 10})

@@ -48,8 +48,9 @@ def burst(port: int, n: int, concurrency: int) -> dict:
 # --- half-open ----------------------------------------------------------------------------------
 
 def _stall(port: int, count: int, seconds: float, ready, out) -> None:
-    """Worker: open `count` connections, send a partial header on each, keep them (reopening the ones
-    the server drops) until `seconds` pass. Reports opened / dropped / failed-to-connect."""
+    """Worker: open `count` connections (non-blocking: the kernel keeps retrying the handshakes the
+    listen queue drops, so the flood lasts), send a partial header on each, hold them for `seconds`.
+    Reports opened / failed-to-connect / how often a held socket was found closed by the server."""
     raise_fd_limit()
     socks, opened, failed = [], 0, 0
     give_up = time.monotonic() + 60  # opening is bounded too
