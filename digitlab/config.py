@@ -9,12 +9,14 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import re
 from dataclasses import dataclass, field
 from importlib import resources
 from pathlib import Path
-from typing import Any
+from typing import Annotated, Any, Literal
 
 import yaml
+from pydantic import BaseModel, ConfigDict, Field, StrictBool, TypeAdapter, ValidationError
 
 from digitlab.errors import DigitlabError
 
@@ -22,6 +24,16 @@ TASKS = ("recognize", "denoise", "compare")
 OPTIMIZERS = ("sgd", "adam", "adamw", "rmsprop", "adadelta")
 SCHEDULES = ("none", "step", "cosine", "onecycle", "plateau")
 DICT_FIELDS = ("model_args", "augment", "task_args")
+
+
+class _Loader(yaml.SafeLoader):
+    """PyYAML follows YAML 1.1, where 1e-3 (no dot) is a string; read it as YAML 1.2 does: a float."""
+
+
+_Loader.add_implicit_resolver(
+    "tag:yaml.org,2002:float",
+    re.compile(r"^[-+]?(?:[0-9][0-9_]*)(?:\.[0-9_]*)?[eE][-+]?[0-9]+$"),
+    list("-+0123456789"))
 
 
 @dataclass
@@ -103,6 +115,9 @@ def apply_overrides(cfg: TrainConfig, values: dict) -> TrainConfig:
             if top not in DICT_FIELDS:
                 raise DigitlabError(f"config key {top!r} has no sub-keys (got {key!r})",
                                     f"write {top}=VALUE")
+            if not isinstance(data[top], dict):  # e.g. augment=null, then augment.rotate=10
+                raise DigitlabError(f"invalid config: {top} = {data[top]!r} is not a mapping, so {key} cannot be set",
+                                    f"drop {top}={data[top]!r}, or write {top}={{}}")
             data[top] = {**data[top], rest: value}
         elif top in DICT_FIELDS and isinstance(value, dict):
             data[top] = {**data[top], **value}
@@ -113,30 +128,174 @@ def apply_overrides(cfg: TrainConfig, values: dict) -> TrainConfig:
     return out
 
 
-def validate(cfg: TrainConfig) -> None:
-    def bad(what: str, fix: str):
-        raise DigitlabError(f"invalid config: {what}", fix)
+# --- validation ---------------------------------------------------------------------------------
+# Every field is checked (type, range, finiteness) before a run directory is made or a byte of data
+# is read, so a typo fails in a second with one message instead of after an epoch, or never.
+# pydantic does the type/range work (strict: `true` is no number, `2.5` no integer, `.inf` no
+# learning rate); what needs the code's own vocabulary (models, augmentations, task options) is
+# checked against that code below.
 
-    if cfg.task not in TASKS:
-        bad(f"task {cfg.task!r}", f"use one of {', '.join(TASKS)}")
-    if cfg.optimizer not in OPTIMIZERS:
-        bad(f"optimizer {cfg.optimizer!r}", f"use one of {', '.join(OPTIMIZERS)}")
-    if cfg.schedule not in SCHEDULES:
-        bad(f"schedule {cfg.schedule!r}", f"use one of {', '.join(SCHEDULES)}")
-    for name in ("epochs", "batch_size", "eval_batch_size"):
-        if not isinstance(getattr(cfg, name), int) or getattr(cfg, name) < 1:
-            bad(f"{name} = {getattr(cfg, name)!r}", f"set {name} to a positive integer")
-    if not (isinstance(cfg.lr, (int, float)) and cfg.lr > 0):
-        bad(f"lr = {cfg.lr!r}", "set lr to a positive number, e.g. lr=1e-3")
-    if not 0 < cfg.subset <= 1:
-        bad(f"subset = {cfg.subset}", "use a fraction in (0, 1]")
-    if not (isinstance(cfg.ema, (int, float)) and 0 <= cfg.ema < 1):
-        bad(f"ema = {cfg.ema!r}", "use 0 (off) or a decay in (0, 1), e.g. ema=0.995")
-    if cfg.patience < 0:
-        bad(f"patience = {cfg.patience}", "use 0 (off) or a positive number of epochs")
-    for name in DICT_FIELDS:
-        if not isinstance(getattr(cfg, name), dict):
-            bad(f"{name} must be a mapping", f"write {name}.KEY=VALUE")
+Int = Annotated[int, Field(strict=True)]
+Num = Annotated[float, Field(strict=True, allow_inf_nan=False)]  # ints accepted, bools and strings not
+Fraction = Annotated[float, Field(strict=True, allow_inf_nan=False, ge=0, le=1)]
+
+
+class _Schema(BaseModel):
+    """The shape and ranges of a TrainConfig; mirrors its fields (a test checks they match)."""
+
+    model_config = ConfigDict(extra="forbid")
+    task: Literal[TASKS]  # type: ignore[valid-type]
+    model: str
+    model_args: dict[str, Any]
+    activation: str | None
+    dataset: str
+    data_dir: str | None
+    epochs: Annotated[Int, Field(ge=1)]
+    batch_size: Annotated[Int, Field(ge=1)]
+    eval_batch_size: Annotated[Int, Field(ge=1)]
+    optimizer: Literal[OPTIMIZERS]  # type: ignore[valid-type]
+    lr: Annotated[Num, Field(gt=0)]
+    momentum: Fraction
+    nesterov: StrictBool
+    weight_decay: Annotated[Num, Field(ge=0)]
+    schedule: Literal[SCHEDULES]  # type: ignore[valid-type]
+    step_size: Annotated[Int, Field(ge=1)]
+    gamma: Annotated[Num, Field(gt=0, le=1)]
+    warmup_frac: Fraction
+    plateau_factor: Annotated[Num, Field(gt=0, lt=1)]
+    plateau_patience: Annotated[Int, Field(ge=0)]
+    min_lr: Annotated[Num, Field(ge=0)]
+    label_smoothing: Annotated[Num, Field(ge=0, lt=1)]
+    grad_clip: Annotated[Num, Field(ge=0)]
+    ema: Annotated[Num, Field(ge=0, lt=1)]
+    augment: dict[str, Any]
+    task_args: dict[str, Any]
+    val_size: Annotated[Int, Field(ge=1)]
+    split_seed: Annotated[Int, Field(ge=0, lt=2**63)]
+    subset: Annotated[Num, Field(gt=0, le=1)]
+    seed: Annotated[Int, Field(ge=0, lt=2**32)]
+    patience: Annotated[Int, Field(ge=0)]
+    target: Num | None
+    device: Annotated[str, Field(pattern=r"^(auto|cpu|mps|cuda(:[0-9]+)?)$")]
+    threads: Annotated[Int, Field(ge=0, le=1024)]
+    amp: StrictBool
+    compile: StrictBool
+    progress: StrictBool
+    tensorboard: StrictBool
+    figures: StrictBool
+
+
+HINTS = {"device": "use auto, cpu, cuda, cuda:N or mps", "target": "use a number (the validation metric) or null"}
+
+
+def validate(cfg: TrainConfig) -> None:
+    """Raise one DigitlabError listing every invalid field of `cfg` (and how to fix it)."""
+    try:
+        _Schema.model_validate(cfg.to_dict())
+    except ValidationError as exc:
+        raise _as_error(exc) from None
+    _check_augment(cfg.augment)
+    _check_task_args(cfg.task, cfg.task_args)
+    _check_model(cfg)
+    if cfg.dataset.lower() != "synthetic":
+        from digitlab.data import mnist
+
+        mnist.class_names(cfg.dataset)  # unknown dataset -> DigitlabError naming the choices
+
+
+def _as_error(exc: ValidationError) -> DigitlabError:
+    lines, fixes = [], []
+    for err in exc.errors():
+        key = ".".join(str(p) for p in err["loc"])
+        got = "(missing)" if err["type"] == "missing" else f"= {err.get('input')!r}"
+        lines.append(f"{key} {got}: {err['msg'].lower()}")
+        fixes.append(HINTS.get(key) or _fix(key, err))
+    return DigitlabError("invalid config: " + "; ".join(lines), "; ".join(dict.fromkeys(fixes)))
+
+
+def _fix(key: str, err: dict) -> str:
+    """pydantic's "Input should be greater than 0" -> "set lr to a value greater than 0 (default 0.001)"."""
+    if err["type"] == "extra_forbidden":
+        return f"remove {key}; valid keys: {', '.join(field_names())}"
+    want = err["msg"].removeprefix("Input should be ").split(",")[0]
+    if not want.startswith(("a ", "an ")):
+        want = f"a value {want}"
+    default = getattr(TrainConfig(), key.split(".")[0], None)
+    return f"set {key} to {want}" + (f" (default {default!r})" if not isinstance(default, dict) else "")
+
+
+def _check_augment(values: dict) -> None:
+    """Keys and types against AugmentConfig, whose own checks then judge the ranges."""
+    from digitlab.data.augment import AugmentConfig
+
+    known = [f.name for f in dataclasses.fields(AugmentConfig)]
+    unknown = sorted(set(values) - set(known))
+    if unknown:
+        raise DigitlabError(f"invalid config: unknown augment key(s) {', '.join(unknown)}",
+                            f"use augment.KEY with KEY one of: {', '.join(known)}")
+    if any(isinstance(v, bool) for v in _leaves(values)):
+        raise DigitlabError("invalid config: augment values must be numbers, not true/false",
+                            "e.g. augment.rotate=10, augment.scale=[0.9, 1.1]")
+    try:
+        TypeAdapter(AugmentConfig).validate_python(values)
+    except ValidationError as exc:
+        err = _as_error(exc)
+        raise DigitlabError(err.problem.replace("invalid config: ", "invalid config: augment."),
+                            "use numbers, e.g. augment.rotate=10 or augment.scale=[0.9, 1.1]") from None
+
+
+def _leaves(value):
+    if isinstance(value, dict):
+        value = list(value.values())
+    if isinstance(value, (list, tuple)):
+        for v in value:
+            yield from _leaves(v)
+    else:
+        yield value
+
+
+def _check_task_args(task: str, values: dict) -> None:
+    """Keys against the task's TASK_ARGS (a task without one takes none); each value's type against
+    its default's (a None default takes an integer count or null)."""
+    import importlib
+
+    defaults = getattr(importlib.import_module(f"digitlab.tasks.{task}"), "TASK_ARGS", {})
+    unknown = sorted(set(values) - set(defaults))
+    if unknown:
+        fix = (f"use task_args.KEY with KEY one of: {', '.join(defaults)}" if defaults
+               else f"remove them: the {task} task takes no task_args")
+        raise DigitlabError(f"invalid config: unknown {task} task_args {', '.join(unknown)}", fix)
+    for key, value in values.items():
+        default = defaults[key]
+        kind = {bool: StrictBool, int: Int, float: Num, str: str}.get(type(default), Int | None)
+        try:
+            TypeAdapter(kind).validate_python(value)
+        except ValidationError:
+            want = {bool: "true or false", int: "an integer", float: "a number", str: "a string"}.get(
+                type(default), "an integer or null")
+            raise DigitlabError(f"invalid config: task_args.{key} = {value!r} is not {want}",
+                                f"e.g. task_args.{key}={default if default is not None else 1000}") from None
+
+
+def _check_model(cfg: TrainConfig) -> None:
+    """The model exists for this task and takes these model_args: built on torch's meta device,
+    which allocates no memory, so a bad argument fails now rather than after the data is loaded."""
+    import torch
+
+    from digitlab.models import registry
+
+    names = registry.list_models(cfg.task)
+    if cfg.model not in names:
+        raise DigitlabError(f"invalid config: model {cfg.model!r} is not a {cfg.task} model",
+                            f"use one of: {', '.join(names)}")
+    try:
+        with torch.device("meta"):
+            registry.create(cfg.model, **cfg.model_kwargs())
+    except DigitlabError:
+        raise
+    except Exception as exc:  # noqa: BLE001 - constructors raise ValueError/KeyError/... for bad args
+        raise DigitlabError(f"invalid config: model_args for {cfg.model!r}: {exc}",
+                            "check the model_args values against the model's docstring") from None
 
 
 def parse_set(items: list[str]) -> dict:
@@ -147,7 +306,7 @@ def parse_set(items: list[str]) -> dict:
         if not sep or not key.strip():
             raise DigitlabError(f"bad --set {item!r}", "write --set key=value, e.g. --set lr=0.01")
         try:
-            out[key.strip()] = yaml.safe_load(raw) if raw.strip() else ""
+            out[key.strip()] = yaml.load(raw, Loader=_Loader) if raw.strip() else ""
         except yaml.YAMLError as exc:
             raise DigitlabError(f"bad value in --set {item!r}: {exc}", "quote the value") from None
     return out
@@ -170,7 +329,7 @@ def load_preset(name_or_path: str) -> dict:
                                 f"use one of: {', '.join(list_presets())}, or a path to a .yaml file")
         text = res.read_text()
     try:
-        values = yaml.safe_load(text) or {}
+        values = yaml.load(text, Loader=_Loader) or {}
     except yaml.YAMLError as exc:
         raise DigitlabError(f"preset {name_or_path!r} is not valid YAML: {exc}", "fix the file") from None
     if not isinstance(values, dict):

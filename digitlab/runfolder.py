@@ -51,7 +51,11 @@ def read_json_file(path: Path, what: str) -> dict:
 def load_config(run: str | os.PathLike) -> "TrainConfig":
     from digitlab.config import TrainConfig
 
-    return TrainConfig.from_dict(read_json_file(check_run_dir(run) / "config.json", "config"))
+    path = check_run_dir(run) / "config.json"
+    try:
+        return TrainConfig.from_dict(read_json_file(path, "config"))
+    except DigitlabError as exc:
+        raise DigitlabError(f"{path}: {exc.problem}", exc.fix) from None
 
 
 def read_metrics(run: str | os.PathLike) -> dict:
@@ -107,8 +111,8 @@ def load_model(run: str | os.PathLike, device: "str | torch.device" = "cpu",
     try:
         model = registry.create(meta["model"], **meta.get("model_args", {}))
         model.load_state_dict(load_file(str(weights), device=str(device)))
-    except DigitlabError:
-        raise
+    except DigitlabError as exc:  # e.g. an unknown model name: say which file named it
+        raise DigitlabError(f"{Path(run) / 'model.json'}: {exc.problem}", exc.fix) from None
     except Exception as exc:  # corrupt file, mismatched architecture, bad model_args
         raise DigitlabError(f"cannot load the model of {run}: {exc}",
                             "the files are damaged or from another model; retrain or restore them") from None

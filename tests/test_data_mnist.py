@@ -387,3 +387,24 @@ def test_fashion_mnist_from_debian_package():
     _, labels = mnist.load_split("test", "fashion-mnist", download=False)
     assert torch.bincount(labels, minlength=10).tolist() == [1000] * 10
     assert labels[:5].tolist() == [9, 2, 1, 1, 6]
+
+
+@pytest.mark.parametrize("damage", ["zero_pixels", "flip_label"])
+def test_array_cache_with_changed_contents_is_rebuilt_with_a_warning(damage, mnist_dir, digitlab_cache, offline, caplog):
+    """Same shape, same JSON, different bytes: must not be used (zeroed pixels gave 11% accuracy)."""
+    images, labels = mnist.load_split("test", data_dir=mnist_dir, download=False)
+    arrays = digitlab_cache / "arrays" / "mnist"
+    if damage == "zero_pixels":
+        np.save(arrays / "test-images.npy", np.zeros((10_000, 28, 28), np.uint8), allow_pickle=False)
+    else:
+        bad = labels.numpy().astype(np.uint8)
+        bad[0] = (bad[0] + 1) % 10
+        np.save(arrays / "test-labels.npy", bad, allow_pickle=False)
+    with caplog.at_level("WARNING"):
+        images2, labels2 = mnist.load_split("test", data_dir=mnist_dir, download=False)
+    assert torch.equal(images, images2) and torch.equal(labels, labels2)
+    assert "does not match the checksum" in caplog.text and "rebuilding" in caplog.text
+    caplog.clear()
+    with caplog.at_level("WARNING"):  # rebuilt: the next load trusts the cache again, silently
+        mnist.load_split("test", data_dir=mnist_dir, download=False)
+    assert caplog.text == ""

@@ -75,7 +75,7 @@ def test_serve_onnx_runtime_answers_like_torch(rec_run):
     answers = {}
     for runtime in ("torch", "onnx"):
         app = create_app(recognize=rec_run, runtime=runtime, runs_root=rec_run.parent.parent / "none")
-        with TestClient(app) as c:
+        with TestClient(app, base_url="http://localhost") as c:
             assert c.get("/api/models").json()["models"][0]["runtime"] == runtime
             answers[runtime] = c.post("/api/recognize/pixels", json={"pixels": g.tolist()}).json()["probabilities"]
     assert np.allclose(answers["torch"], answers["onnx"], atol=1e-5)
@@ -107,7 +107,8 @@ def test_denoise_and_compare_export_and_serve(task, tmp_path, mnist_dir, monkeyp
     g[5:23, 13:15] = 1
     answers = {}
     for runtime in ("torch", "onnx"):
-        with TestClient(create_app(**{task: run}, runtime=runtime, runs_root=tmp_path / "none")) as c:
+        with TestClient(create_app(**{task: run}, runtime=runtime, runs_root=tmp_path / "none"),
+                        base_url="http://localhost") as c:
             if task == "denoise":
                 r = c.post("/api/denoise/pixels", json={"pixels": g.tolist(), "noise": "gaussian", "strength": 0.7})
                 assert r.status_code == 200, r.text

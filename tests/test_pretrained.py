@@ -66,7 +66,7 @@ def test_serve_answers_every_task_with_no_run_given(tmp_path):
     fastapi_testclient = pytest.importorskip("fastapi.testclient")
     from digitlab.serve.app import create_app
 
-    with fastapi_testclient.TestClient(create_app(runs_root=tmp_path)) as client:
+    with fastapi_testclient.TestClient(create_app(runs_root=tmp_path), base_url="http://localhost") as client:
         health = client.get("/healthz").json()
         assert health["tasks"] == ["compare", "denoise", "recognize"]
         one = [[0.0] * 28 for _ in range(28)]

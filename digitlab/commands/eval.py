@@ -31,8 +31,7 @@ def run(args) -> int:
     task = get_task(cfg.task)
     task.setup(cfg, dev)
     measured = task.evaluate(model, args.split)
-    stored_path = args.run / "metrics.json"
-    stored = io.read_json(stored_path) if stored_path.exists() else {}
+    stored = runs.read_metrics(args.run)
     result = {f"{args.split}_{k}": v for k, v in measured.items()}
     io.write_json(args.run / f"eval-{args.split}.json", result)
     if args.json:

@@ -28,12 +28,15 @@ INK_THRESHOLD = 0.2  # fraction of the (stretched) max that is certainly ink, no
 FORMATS_HINT = "use a PNG, JPEG, BMP, WebP or GIF image"
 
 
-def load_image(source: str | Path | bytes, max_pixels: int = 40_000_000) -> np.ndarray:
+def load_image(source: str | Path | bytes, max_pixels: int = 40_000_000, max_side: int | None = None) -> np.ndarray:
     """Decode an image file or its bytes to float32 grayscale (H, W) in [0, 1].
 
     The size is checked from the header before any pixel is decoded (Image.open is lazy), so a
     small file that claims huge dimensions costs nothing. EXIF orientation is applied; alpha is
-    composited onto the image's own background (see `_composite`).
+    composited onto the image's own background (see `_composite`). `max_side`: decode a JPEG at a
+    reduced scale (its DCT allows 1/2 to 1/8) and box-reduce any image so its longest side is at
+    most about that, before the float copy (a digit needs a few hundred pixels; a server must not
+    hold 16 Mpx float images).
     """
     name, fp = _open_source(source)
     try:
@@ -41,6 +44,11 @@ def load_image(source: str | Path | bytes, max_pixels: int = 40_000_000) -> np.n
             w, h = img.size
             if w * h > max_pixels:
                 raise _too_big(name, w, h, max_pixels)
+            if max_side:
+                img.draft(None, (max(1, w * max_side // max(w, h)), max(1, h * max_side // max(w, h))))
+            if max_side:  # in place: no second full-size copy of a large image
+                ImageOps.exif_transpose(img, in_place=True)  # decodes the pixels
+                return _to_gray(_shrink(img, max_side))
             img = ImageOps.exif_transpose(img)  # decodes the pixels
             return _to_gray(img)
     except Image.DecompressionBombError as e:  # raised by Image.open itself above PIL's own limit
@@ -147,6 +155,21 @@ def _too_big(name: str, w: int, h: int, max_pixels: int) -> DigitlabError:
     return DigitlabError(f"{name} is too large: {w}x{h} = {w * h:,} pixels, the limit is {max_pixels:,} "
                          "(possible decompression bomb)",
                          "downscale the image (a digit needs only a few hundred pixels per side)")
+
+
+def _shrink(img: Image.Image, max_side: int) -> Image.Image:
+    """Box-reduce by a whole factor so the longest side is <= max_side (area averaging, like MNIST's
+    own downscaling). Palette, bilevel and 16-bit images are converted first: reduce() needs
+    8-bit bands or I/F, and nearest-neighbour sampling would drop thin strokes."""
+    factor = -(-max(img.size) // max_side)
+    if factor <= 1:
+        return img
+    if img.mode.startswith("I;16"):
+        img = img.convert("I")
+    elif img.mode not in ("L", "LA", "RGB", "RGBA", "I", "F"):
+        alpha = img.mode in ("PA", "RGBa", "La") or "transparency" in img.info
+        img = img.convert("RGBA" if alpha else "RGB")
+    return img.reduce(factor)
 
 
 def _to_gray(img: Image.Image) -> np.ndarray:

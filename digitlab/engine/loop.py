@@ -40,11 +40,18 @@ def train(cfg: TrainConfig, run_dir: Path | None = None, resume: bool = False,
     wall_start = time.perf_counter()
     place = devices.setup(cfg.device, cfg.threads)
     log = (lambda *a: None) if (quiet or not place.is_main) else (lambda *a: print(*a, flush=True))
+    made = False
     try:
         if place.is_main:
+            made = run_dir is None
             run_dir = run_dir or runs.new_run_dir(cfg)
+            io.remove_temp_files(run_dir)  # left by a kill during a save
             io.write_json(run_dir / "config.json", cfg.to_dict())
         return _train(cfg, Path(run_dir) if run_dir else None, resume, place, log, wall_start, on_epoch)
+    except BaseException:
+        if place.is_main and not resume:
+            runs.discard_unstarted(Path(run_dir), made)
+        raise
     finally:
         devices.teardown(place)
 
@@ -79,12 +86,7 @@ def _train(cfg, run_dir, resume, place, log, wall_start, on_epoch=None) -> Path 
         ckpt = runs.load_checkpoint(run_dir) if place.is_main or run_dir else None
         if ckpt is None:
             raise DigitlabError(f"no checkpoint.pt in {run_dir}", "start a new run without --resume")
-        model.load_state_dict(ckpt["model"])
-        optimizer.load_state_dict(ckpt["optimizer"])
-        schedule.load_state_dict(ckpt["schedule"])
-        scaler.load_state_dict(ckpt["scaler"])
-        if ema is not None:
-            ema.load_state_dict(ckpt["ema"])
+        _restore(ckpt, run_dir, model, optimizer, schedule, scaler, ema)
         start_epoch, best, bad_epochs = ckpt["epoch"], ckpt["best"], ckpt["bad_epochs"]
         best_state, history = ckpt["best_state"], runs.read_history(run_dir)[:start_epoch]
         log(f"resuming {run_dir} after epoch {start_epoch}")
@@ -128,7 +130,10 @@ def _train(cfg, run_dir, resume, place, log, wall_start, on_epoch=None) -> Path 
             if not bar.disable and (step % 20 == 0 or step == steps - 1):  # .item() syncs a GPU
                 bar.set_postfix({k: f"{v.item() / (step + 1):.4f}" for k, v in sums.items()}, refresh=False)
             bar.update(1)
+            if step % 50 == 49:  # a sync every 50 steps costs nothing; NaN weights must not be saved
+                _check_finite(sums["loss"], epoch, step, cfg)
         bar.close()
+        _check_finite(sums["loss"], epoch, steps - 1, cfg)
         seconds = time.perf_counter() - t0
         train_seconds += seconds
 
@@ -198,6 +203,31 @@ def _train(cfg, run_dir, resume, place, log, wall_start, on_epoch=None) -> Path 
         + "  ".join(f"test {k} {_fmt(k, v)}" for k, v in test.items() if isinstance(v, float)))
     log(f"run saved in {run_dir}  ({metrics['wall_seconds']:.1f} s)")
     return run_dir
+
+
+def _restore(ckpt: dict, run_dir: Path, model, optimizer, schedule, scaler, ema) -> None:
+    """Load a checkpoint's states; one from another model or config is a clear error."""
+    try:
+        model.load_state_dict(ckpt["model"])
+        optimizer.load_state_dict(ckpt["optimizer"])
+        schedule.load_state_dict(ckpt["schedule"])
+        scaler.load_state_dict(ckpt["scaler"])
+        if ema is not None:
+            ema.load_state_dict(ckpt["ema"])
+    except Exception as exc:  # noqa: BLE001 - torch raises RuntimeError/KeyError/ValueError/TypeError
+        first = str(exc).strip().splitlines()[0][:200] if str(exc).strip() else type(exc).__name__
+        raise runs.bad_checkpoint(Path(run_dir) / "checkpoint.pt",
+                                  f"it does not fit this run's model and config ({first})") from None
+
+
+def _check_finite(loss_sum: torch.Tensor, epoch: int, step: int, cfg: TrainConfig) -> None:
+    """Stop before a non-finite loss reaches a checkpoint: the last one (previous epoch) stays good."""
+    if not bool(torch.isfinite(loss_sum)):
+        raise DigitlabError(
+            f"training diverged: the loss became {float(loss_sum)} in epoch {epoch + 1} by step {step + 1} "
+            f"(lr={cfg.lr}); nothing from this epoch was saved",
+            "train again with a lower lr (e.g. 10x lower) or grad_clip=1.0; "
+            "checkpoint.pt, if any, still holds the last finite epoch")
 
 
 def _moving_average(model: nn.Module, decay: float):

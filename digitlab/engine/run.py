@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import time
 from pathlib import Path
 
@@ -24,8 +25,9 @@ from safetensors.torch import save_file
 
 from digitlab import io
 from digitlab.config import TrainConfig
+from digitlab.errors import DigitlabError
 from digitlab.models import registry
-from digitlab.runfolder import check_run_dir, load_config, load_model, read_history  # noqa: F401 (re-exported)
+from digitlab.runfolder import check_run_dir, load_config, load_model, read_history, read_metrics  # noqa: F401 (re-exported)
 
 
 def default_runs_root() -> Path:
@@ -42,6 +44,21 @@ def new_run_dir(cfg: TrainConfig, root: Path | None = None, name: str | None = N
         path = root / f"{base}-{n}"
     path.mkdir(parents=True)
     return path
+
+
+def discard_unstarted(path: Path, made: bool) -> None:
+    """After a failure before the first checkpoint, remove what training wrote, so retrying the
+    same --out works (it refuses a non-empty folder); `made`: the folder itself was ours too."""
+    if (path / "checkpoint.pt").exists():
+        return  # resumable: keep everything
+    if made:
+        shutil.rmtree(path, ignore_errors=True)
+        return
+    for name in ("config.json", "history.jsonl"):
+        (path / name).unlink(missing_ok=True)
+    shutil.rmtree(path / "tb", ignore_errors=True)
+    io.remove_temp_files(path)
+
 
 
 def write_history(run: Path, history: list[dict]) -> None:
@@ -64,9 +81,29 @@ def save_checkpoint(run: Path, state: dict) -> None:
         torch.save(state, tmp)
 
 
+CHECKPOINT_KEYS = ("epoch", "best", "bad_epochs", "best_state", "model", "optimizer", "schedule", "scaler")
+
+
 def load_checkpoint(run: Path) -> dict | None:
+    """The resumable state, or None if there is none. A truncated, empty or foreign file (not a
+    digitlab checkpoint) raises a DigitlabError; the caller can then start over."""
     path = Path(run) / "checkpoint.pt"
     if not path.exists():
         return None
-    # weights_only: a restricted unpickler that only rebuilds tensors and plain containers.
-    return torch.load(path, map_location="cpu", weights_only=True)
+    try:
+        # weights_only: a restricted unpickler that only rebuilds tensors and plain containers.
+        state = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as exc:  # noqa: BLE001 - zip, pickle and EOF errors all mean "damaged"
+        raise bad_checkpoint(path, f"{type(exc).__name__}: {str(exc).splitlines()[0][:200] if str(exc) else ''}")
+    missing = [k for k in CHECKPOINT_KEYS if not isinstance(state, dict) or k not in state]
+    if missing:
+        raise bad_checkpoint(path, f"not a digitlab checkpoint (lacks {', '.join(missing)})")
+    if not isinstance(state["epoch"], int) or state["epoch"] < 0:
+        raise bad_checkpoint(path, f"bad epoch {state['epoch']!r}")
+    return state
+
+
+def bad_checkpoint(path: Path, why: str) -> DigitlabError:
+    return DigitlabError(f"cannot resume from {path}: {why}",
+                         f"delete {path.name} and the run's other files and train again (a new --out), "
+                         "or restore the file from a backup")

@@ -15,29 +15,33 @@ import numpy as np
 import torch
 from fastapi import FastAPI, File, Form, Request, UploadFile
 from fastapi.exceptions import RequestValidationError
-from fastapi.responses import FileResponse, JSONResponse
+from fastapi.responses import FileResponse, JSONResponse, RedirectResponse
 from fastapi.staticfiles import StaticFiles
 from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.middleware.trustedhost import TrustedHostMiddleware
 
 from digitlab import verdict
 from digitlab.data import preprocess
 from digitlab.data.noise import NOISE_KINDS
 from digitlab.errors import DigitlabError
 from digitlab.serve import schemas as S
-from digitlab.serve.inputs import (MAX_BODY_BYTES, MAX_PIXELS, ApiError, as_list, from_pixels, from_upload,
-                                   noisy_from_upload)
+from digitlab.serve.inputs import (MAX_BODY_BYTES, MAX_PIXELS, ApiError, as_list, check_request, from_pixels,
+                                   from_upload, noisy_from_upload)
 from digitlab.serve.models import Engine, load_engines
 
 STATIC = Path(__file__).parent / "static"
 READ_TIMEOUT_S = 10.0  # the whole body must arrive within this
+BODY_BUDGET = 100_000_000  # request bodies held at once, server-wide (each costs ~3x while parsed)
 ERRORS = {code: {"model": S.ErrorResponse} for code in (400, 408, 413, 415, 422, 503)}
 FORM_PATHS = {"/api/recognize", "/api/recognize/files", "/api/denoise", "/api/compare"}
 
 
 def create_app(recognize: str | Path | None = None, denoise: str | Path | None = None,
                compare: str | Path | None = None, runtime: str = "torch", runs_root: Path | None = None,
-               engines: dict[str, Engine] | None = None, missing: dict[str, str] | None = None) -> FastAPI:
-    """The app. Pass run directories (else the newest run of each task), or already loaded `engines`."""
+               engines: dict[str, Engine] | None = None, missing: dict[str, str] | None = None,
+               host: str = "127.0.0.1", allow_hosts: list[str] | None = None) -> FastAPI:
+    """The app. Pass run directories (else the newest run of each task), or already loaded `engines`.
+    Requests must name this machine in their Host header (see `allowed_hosts`)."""
 
     @contextlib.asynccontextmanager
     async def lifespan(app: FastAPI):
@@ -49,13 +53,16 @@ def create_app(recognize: str | Path | None = None, denoise: str | Path | None =
         app.state.engines, app.state.missing, app.state.runtime = loaded, why, runtime
         yield
 
-    app = FastAPI(title="digitlab", version="1", lifespan=lifespan,
+    app = FastAPI(title="digitlab", version="1", lifespan=lifespan, docs_url=None, redoc_url=None,
                   description="Recognise, denoise and compare handwritten digits. Uploads: PNG, JPEG, BMP or "
                               f"WebP, at most {MAX_BODY_BYTES:,} bytes and {MAX_PIXELS:,} pixels. Errors: "
                               "{\"error\", \"fix\"}.")
     _add_error_handlers(app)
     app.add_middleware(BodyLimit, max_bytes=MAX_BODY_BYTES, timeout=READ_TIMEOUT_S)
     app.add_middleware(SecurityHeaders)
+    # DNS rebinding: a page on evil.example whose name now resolves to 127.0.0.1 could read this API;
+    # its requests still say "Host: evil.example". Outermost, so nothing else runs for them.
+    app.add_middleware(TrustedHostMiddleware, allowed_hosts=allowed_hosts(host, allow_hosts))
 
     def engine(request: Request, task: str) -> Engine:
         found = request.app.state.engines.get(task)
@@ -64,9 +71,13 @@ def create_app(recognize: str | Path | None = None, denoise: str | Path | None =
                            f"train one with `digitlab train {task}`, then restart `digitlab serve`")
         return found
 
-    @app.get("/", include_in_schema=False)
+    @app.api_route("/", methods=["GET", "HEAD"], include_in_schema=False)
     def index():
         return FileResponse(STATIC / "index.html")
+
+    @app.get("/docs", include_in_schema=False)
+    def docs():  # FastAPI's Swagger page loads its code from a CDN and is blank offline
+        return RedirectResponse("/static/api.html")
 
     app.mount("/static", StaticFiles(directory=STATIC), name="static")
 
@@ -77,7 +88,8 @@ def create_app(recognize: str | Path | None = None, denoise: str | Path | None =
     @app.get("/api/models", response_model=S.ModelsResponse, summary="the loaded runs: task, model, metrics")
     def models(request: Request):
         return {"runtime": request.app.state.runtime,
-                "models": [e.describe() for e in request.app.state.engines.values()],
+                # "run" is the run's name only: an absolute path tells a caller about this machine
+                "models": [{**e.describe(), "run": e.run.name} for e in request.app.state.engines.values()],
                 "missing": request.app.state.missing,
                 "limits": {"max_body_bytes": MAX_BODY_BYTES, "max_pixels": MAX_PIXELS, "max_batch": S.MAX_BATCH},
                 "noise_kinds": list(NOISE_KINDS)}
@@ -121,7 +133,9 @@ def create_app(recognize: str | Path | None = None, denoise: str | Path | None =
         if len(images) > S.MAX_BATCH:
             raise ApiError(422, f"{len(images)} images in one request, the limit is {S.MAX_BATCH}",
                            "split them over several requests")
-        prepared = [from_upload(f.file.read(), f"images[{i}] ({f.filename})") for i, f in enumerate(images)]
+        files = [(f.file.read(), f"images[{i}] ({f.filename})") for i, f in enumerate(images)]
+        check_request(files)
+        prepared = [from_upload(data, field, checked=True) for data, field in files]
         return {"run": e.run.name, "results": run_recognise(e, prepared)}
 
     # --- denoise ---------------------------------------------------------------------------------
@@ -172,7 +186,9 @@ def create_app(recognize: str | Path | None = None, denoise: str | Path | None =
               summary="probability that two uploaded images (fields 'a' and 'b') show the same digit")
     def compare_upload(request: Request, a: UploadFile = File(), b: UploadFile = File()):
         e = engine(request, "compare")
-        return run_compare(e, from_upload(a.file.read(), "a"), from_upload(b.file.read(), "b"))
+        files = [(a.file.read(), "a"), (b.file.read(), "b")]
+        check_request(files)
+        return run_compare(e, *(from_upload(data, field, checked=True) for data, field in files))
 
     @app.post("/api/compare/pixels", response_model=S.CompareResponse, responses=ERRORS,
               summary="probability that two 28x28 arrays show the same digit")
@@ -188,6 +204,22 @@ def create_app(recognize: str | Path | None = None, denoise: str | Path | None =
         return run_compare(e, preprocess.to_mnist(body.a.image()), preprocess.to_mnist(body.b.image()))
 
     return app
+
+
+LOOPBACK_HOSTS = ["localhost", "127.0.0.1", "[::1]"]
+
+
+def allowed_hosts(host: str, extra: list[str] | None = None) -> list[str]:
+    """Host header values to serve: loopback names, the bound address, and `extra`. Bound to every
+    interface (0.0.0.0 / ::), this machine's own names are added too."""
+    import socket
+
+    hosts = [*LOOPBACK_HOSTS, *(extra or [])]
+    if host in ("0.0.0.0", "::", ""):
+        hosts += [socket.gethostname(), socket.getfqdn()]
+    elif host:
+        hosts.append(f"[{host}]" if ":" in host and not host.startswith("[") else host)
+    return list(dict.fromkeys(h.lower() for h in hosts if h))
 
 
 # --- errors --------------------------------------------------------------------------------------
@@ -240,7 +272,7 @@ def _add_error_handlers(app: FastAPI) -> None:
 
 
 class SecurityHeaders:
-    """ASGI middleware: the page may load only its own files (the /docs page excepted), never be framed."""
+    """ASGI middleware: the page may load only its own files, never be framed."""
 
     PAGE = [(b"content-security-policy", b"default-src 'self'; img-src 'self' data: blob:; frame-ancestors 'none'"),
             (b"x-content-type-options", b"nosniff"), (b"referrer-policy", b"no-referrer")]
@@ -249,7 +281,7 @@ class SecurityHeaders:
         self.app = app
 
     async def __call__(self, scope, receive, send):
-        if scope["type"] != "http" or scope["path"].startswith(("/docs", "/redoc")):
+        if scope["type"] != "http":
             return await self.app(scope, receive, send)
 
         async def with_headers(message):
@@ -266,8 +298,10 @@ _TOO_BIG = b"<too big>"
 class BodyLimit:
     """ASGI middleware: read the body up front within the size and time limits, then replay it."""
 
-    def __init__(self, app, max_bytes: int, timeout: float):
+    def __init__(self, app, max_bytes: int, timeout: float, budget: int | None = None):
         self.app, self.max_bytes, self.timeout = app, max_bytes, timeout
+        self.budget = budget or BODY_BUDGET
+        self.held = 0  # bytes reserved by requests in progress (one event loop: no lock needed)
 
     async def __call__(self, scope, receive, send):
         if scope["type"] != "http" or scope["method"] not in ("POST", "PUT", "PATCH"):
@@ -279,6 +313,17 @@ class BodyLimit:
                                     "send a valid Content-Length")(scope, receive, send)
             if int(length) > self.max_bytes:
                 return await self._too_large(scope, receive, send, int(length))
+        reserve = int(length) if length is not None else self.max_bytes
+        if self.held + reserve > self.budget:
+            return await _error(503, "the server is busy (too many uploads in progress)",
+                                "retry in a moment")(scope, receive, send)
+        self.held += reserve
+        try:
+            await self._handle(scope, receive, send)
+        finally:
+            self.held -= reserve
+
+    async def _handle(self, scope, receive, send):
         try:
             body = await asyncio.wait_for(self._read(receive), self.timeout)
         except asyncio.TimeoutError:

@@ -293,7 +293,7 @@ def run_trial(folder: Path, spec: StudySpec, ts: TrialSpec, trial, threads: int,
     run_dir = folder / "runs" / ts.key
     overrides = {"progress": False, **({"threads": threads} if threads else {}), **ts.overrides}
     cfg = spec.resolve(dataclasses.replace(ts, overrides=overrides))
-    resume = (run_dir / "checkpoint.pt").is_file() and _same_config(run_dir, cfg)
+    resume = _resumable(run_dir, cfg, ts.key)
     if run_dir.exists() and not resume:
         shutil.rmtree(run_dir)
     run_dir.mkdir(parents=True, exist_ok=True)
@@ -319,6 +319,22 @@ def run_trial(folder: Path, spec: StudySpec, ts: TrialSpec, trial, threads: int,
     test = metrics.get(f"test_{spec.metric}")
     print(f"  {ts.key}: val {spec.metric} {_fmt(value)}  test {spec.metric} {_fmt(test)}  "
           f"({time.perf_counter() - t0:.1f} s, pid {os.getpid()})", flush=True)
+    return True
+
+
+def _resumable(run_dir: Path, cfg, key: str) -> bool:
+    """A dead attempt's checkpoint is resumed if it is for this config and loads; a damaged one
+    would fail every retry, so the trial then starts from scratch instead."""
+    from digitlab.engine import run as runs
+    from digitlab.errors import DigitlabError
+
+    if not ((run_dir / "checkpoint.pt").is_file() and _same_config(run_dir, cfg)):
+        return False
+    try:
+        runs.load_checkpoint(run_dir)
+    except DigitlabError as exc:
+        print(f"  {key}: {exc.problem}; starting this trial from scratch", flush=True)
+        return False
     return True
 
 
