@@ -117,9 +117,9 @@ def test_without_junk_weight_the_batches_are_unchanged():
     assert (len(x), len(y)) == (10, 8)  # 2 junk images follow the 8 digits
 
 
-def test_unknown_task_arg_is_a_clear_error():
-    with pytest.raises(DigitlabError, match="junk_wieght"):
-        RecognizeTask().setup(smoke(junk_wieght=1.0), torch.device("cpu"))
+def test_bad_junk_families_are_a_clear_error():
+    with pytest.raises(DigitlabError, match="doodles"):
+        RecognizeTask().setup(smoke(junk_weight=1.0, junk_families=["doodles"]), torch.device("cpu"))
 
 
 def test_every_run_stores_a_calibration_that_verdict_and_bench_use(tmp_path):
