@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import importlib
 
-BENCHES = ["train", "recognize", "denoise", "compare", "serve", "startup"]
+BENCHES = ["train", "recognize", "denoise", "compare", "serve", "startup", "junk"]
 
 
 def register(sub) -> None:

@@ -188,8 +188,10 @@ def _train(cfg, run_dir, resume, place, log, wall_start, on_epoch=None) -> Path 
     }
     if dev.type == "cuda":
         metrics["peak_cuda_mb"] = round(torch.cuda.max_memory_allocated(dev) / 2**20, 1)
-    runs.save_model(run_dir, model, cfg, {"metrics": {k: v for k, v in metrics.items()
-                                                      if isinstance(v, (int, float))}})
+    extra = {"metrics": {k: v for k, v in metrics.items() if isinstance(v, (int, float))}}
+    if hasattr(task, "model_meta"):  # what a task adds to model.json (recognize: its calibration)
+        extra.update(task.model_meta(model))
+    runs.save_model(run_dir, model, cfg, extra)
     io.write_json(run_dir / "metrics.json", metrics)
     if writer is not None:
         _log_hparams(writer, cfg, metrics)
