@@ -8,8 +8,10 @@
 #   bash scripts/build_pretrained.sh recognize       # one of them
 #
 # WORK (default build/pretrained-runs) keeps the full run folders (history, figures, report).
+# The recogniser's "not a digit" examples include Fashion-MNIST: it is fetched first if missing.
 set -euo pipefail
 cd "$(dirname "$0")/.."
+digitlab data info --dataset fashion-mnist >/dev/null 2>&1 || digitlab data fetch --dataset fashion-mnist
 work=${WORK:-build/pretrained-runs}
 declare -A preset=([recognize]=recognize-robust [denoise]=denoise-fast [compare]=compare-small)
 tasks=("$@")
