@@ -13,9 +13,9 @@ __all__ = ["load", "train", "Recognizer", "Denoiser", "Comparer", "Reading", "De
 
 def __getattr__(name: str):
     if name in __all__:
-        from digitlab import api
+        import importlib
 
-        return getattr(api, name)
+        return getattr(importlib.import_module("digitlab.api"), name)
     raise AttributeError(f"module 'digitlab' has no attribute {name!r}")
 
 

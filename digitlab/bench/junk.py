@@ -14,14 +14,14 @@ validation split, the same way training does, and the record says so.
 from __future__ import annotations
 
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-import torch
-
-from digitlab import calibrate
 from digitlab.bench.common import save_record, summary
-from digitlab.data import junk, mnist
-from digitlab.engine import run as runs
-from digitlab.tasks.recognize import load_splits, to_float
+
+if TYPE_CHECKING:
+    import torch
+
+# torch and the task modules are imported where used, so registering this bench keeps `digitlab --help` quick.
 
 MEASURE_SEED = 0  # measure images come from the "measure" stream: never the same as training's
 HEADLINE = ("test_ece_before", "test_ece_after", "test_not_a_digit", "test_unsure", "accepted_acc")
@@ -55,19 +55,31 @@ def run_bench(args) -> int:
     return 0
 
 
-def measure_sets(n: int, data_dir=None) -> dict[str, torch.Tensor]:
+def measure_sets(n: int, data_dir=None) -> dict[str, "torch.Tensor"]:
     """{family: uint8 (n',28,28)}: the measuring images, the same for every run measured."""
+    from digitlab.data import junk, mnist
+
     test_digits = mnist.load_split("test", "mnist", data_dir)[0]
     fashion = mnist.load_split("test", "fashion-mnist")[0]
     return {f: junk.make(f, n, MEASURE_SEED, "measure", digits=test_digits, fashion=fashion) for f in junk.FAMILIES}
 
 
-@torch.inference_mode()
-def logits_of(model, images: torch.Tensor, batch: int = 1000) -> torch.Tensor:
-    return torch.cat([model(to_float(images[i:i + batch])).float() for i in range(0, len(images), batch)])
+def logits_of(model, images: "torch.Tensor", batch: int = 1000) -> "torch.Tensor":
+    import torch
+
+    from digitlab.tasks.recognize import to_float
+
+    with torch.inference_mode():
+        return torch.cat([model(to_float(images[i:i + batch])).float() for i in range(0, len(images), batch)])
 
 
-def evaluate_run(run: Path, sets: dict[str, torch.Tensor], data_dir=None) -> dict:
+def evaluate_run(run: Path, sets: dict[str, "torch.Tensor"], data_dir=None) -> dict:
+    import torch
+
+    from digitlab import calibrate
+    from digitlab.engine import run as runs
+    from digitlab.tasks.recognize import load_splits
+
     model, meta = runs.load_model(run)
     cfg = runs.load_config(run)
     if data_dir is not None:
@@ -94,7 +106,10 @@ def evaluate_run(run: Path, sets: dict[str, torch.Tensor], data_dir=None) -> dic
     return out
 
 
-def family_scores(model, images: torch.Tensor, cal: dict, digit_top: torch.Tensor, digit_mass: torch.Tensor) -> dict:
+def family_scores(model, images: "torch.Tensor", cal: dict, digit_top: "torch.Tensor",
+                  digit_mass: "torch.Tensor") -> dict:
+    from digitlab import calibrate
+
     probs = (logits_of(model, images) / cal["temperature"]).softmax(1)
     top, mass = calibrate.top_two(probs)
     rates = calibrate.abstain_rates(probs, cal)
