@@ -235,3 +235,20 @@ def test_binarise_gives_zero_one_pixels_and_aspect_widens():
 def test_bad_style_settings_name_the_field(bad):
     with pytest.raises(DigitlabError, match=list(bad)[0]):
         AugmentConfig(**bad)
+
+
+def test_continental_marks_only_ones_and_sevens_and_needs_labels():
+    x = strokes(40)
+    labels = torch.arange(40) % 10
+    y = augment(x, AugmentConfig(continental_p=1.0), gen(), labels=labels)
+    changed = (y - x).flatten(1).abs().amax(1) > 0
+    assert changed.tolist() == [bool(d in (1, 7)) for d in labels.tolist()]
+    assert (y >= x).all()  # strokes are added, never removed
+    with pytest.raises(DigitlabError, match="continental_p needs the digits' labels"):
+        augment(x, AugmentConfig(continental_p=0.5), gen())
+
+
+def test_fog_brightens_the_background_smoothly():
+    y = augment(torch.zeros(16, 1, 28, 28), AugmentConfig(fog_p=1.0), gen())
+    assert y.mean() > 0.02 and y.max() <= 0.4
+    assert y[:, :, 1:].sub(y[:, :, :-1]).abs().max() < 0.1  # smooth: no sharp edges added

@@ -47,6 +47,8 @@ class AugmentConfig:
     lines_p: float = 0.0  # a stray straight line (solid or dotted) across the field
     noise_p: float = 0.0
     noise_std: float = 0.1  # max std of additive Gaussian noise
+    fog_p: float = 0.0  # a smooth haze of up to 0.4 (uneven lighting)
+    continental_p: float = 0.0  # 7s get a bar across the stem, 1s a flag at the top (needs labels)
 
     def __post_init__(self):
         self.scale, self.blur_sigma = tuple(self.scale), tuple(self.blur_sigma)  # YAML gives lists
@@ -67,7 +69,7 @@ class AugmentConfig:
                                 "stroke <= 2 px), factors aspect and gamma >= 1, lowres sides in [2, 28], "
                                 "and (low, high) ranges with 0 < low <= high")
 
-    _STYLE_P = ("stroke_p", "lowres_p", "binarize_p", "broken_p", "lines_p", "noise_p")
+    _STYLE_P = ("stroke_p", "lowres_p", "binarize_p", "broken_p", "lines_p", "noise_p", "fog_p", "continental_p")
 
     def styles(self) -> bool:
         """Whether any style augmentation after the warp can happen."""
@@ -106,18 +108,24 @@ def affine_matrices(angle_deg, translate_xy, scale, shear_deg, size: tuple[int, 
     return torch.cat([lin, shift], dim=-1)
 
 
-def augment(x: torch.Tensor, cfg: AugmentConfig, generator: torch.Generator) -> torch.Tensor:
+def augment(x: torch.Tensor, cfg: AugmentConfig, generator: torch.Generator,
+            labels: torch.Tensor | None = None) -> torch.Tensor:
     """Randomly warp and blur a batch (B, 1, H, W) in [0, 1]; same generator state -> same output.
 
     Random parameters are drawn on the generator's device, then moved to x's device. A disabled
-    config returns `x` itself.
+    config returns `x` itself. `labels` (B,) digit classes are needed only by `continental_p`.
     """
     if x.dim() != 4:
         raise DigitlabError(f"augment expects images of shape (B, C, H, W), got {tuple(x.shape)}",
                             "add batch and channel dimensions, e.g. x[:, None] for (B, H, W)")
     if not cfg.enabled():
         return x
+    if cfg.continental_p > 0 and labels is None:
+        raise DigitlabError("augment.continental_p needs the digits' labels",
+                            "pass labels=... to augment, or set augment.continental_p=0")
     out = x if x.dtype in (torch.float32, torch.float64) else x.float()
+    if cfg.continental_p > 0:  # before the warp, so the added strokes slant and stretch with the digit
+        out = _continental(out, labels, cfg, generator)
     if cfg.warps():
         out = _warp(out, cfg, generator)
     if cfg.stroke_p > 0:
@@ -132,6 +140,8 @@ def augment(x: torch.Tensor, cfg: AugmentConfig, generator: torch.Generator) -> 
         out = _broken(out, cfg, generator)
     if cfg.lines_p > 0:
         out = _lines(out, cfg, generator)
+    if cfg.fog_p > 0:
+        out = _fog(out, cfg, generator)
     if cfg.noise_p > 0:
         out = _noise(out, cfg, generator)
     return out.clamp_(0, 1).to(x.dtype)
@@ -277,16 +287,22 @@ def _lines(x: torch.Tensor, cfg: AugmentConfig, g: torch.Generator) -> torch.Ten
     b, _, h, w = x.shape
     on, u = _chosen(b, cfg.lines_p, g, x.device)
     ends = _rand(b, 4, g, x.device) * torch.tensor([w, h, w, h], device=x.device, dtype=x.dtype)
-    p0, d = ends[:, None, None, :2], (ends[:, 2:] - ends[:, :2])[:, None, None, :]  # (B,1,1,2)
-    ys, xs = torch.meshgrid(torch.arange(h, device=x.device), torch.arange(w, device=x.device), indexing="ij")
-    pix = torch.stack([xs, ys], -1).to(x.dtype) + 0.5  # (H,W,2) pixel centres
-    t = (((pix - p0) * d).sum(-1) / d.square().sum(-1).clamp_min(1e-6)).clamp(0, 1)  # (B,H,W)
-    dist = (pix - p0 - t[..., None] * d).norm(dim=-1)
-    ink = (1.25 - dist).clamp(0, 1)
-    length = d.norm(dim=-1)  # dots every ~4 px along the line for the dotted ones
-    dotted = (u < 0.5).view(b, 1, 1) & (torch.remainder(t * length, 4) >= 2)
-    ink = torch.where(dotted, torch.zeros_like(ink), ink)[:, None]
-    return torch.maximum(x, on * ink)
+    ink, t, length = _segments(ends[:, :2], ends[:, 2:], 1.25, (h, w))
+    dotted = (u < 0.5).view(b, 1, 1, 1) & (torch.remainder(t * length, 4) >= 2)  # dots every ~4 px
+    return torch.maximum(x, on * torch.where(dotted, torch.zeros_like(ink), ink))
+
+
+def _segments(p0: torch.Tensor, p1: torch.Tensor, radius, size: tuple[int, int]):
+    """Anti-aliased strokes from p0 to p1 ((B, 2) as (x, y) pixels) of `radius` ((B,) or a number):
+    (ink (B,1,H,W), position t along the segment (B,1,H,W), length (B,1,1,1))."""
+    h, w = size
+    ys, xs = torch.meshgrid(torch.arange(h, device=p0.device), torch.arange(w, device=p0.device), indexing="ij")
+    pix = torch.stack([xs, ys], -1).to(p0.dtype) + 0.5  # (H,W,2) pixel centres
+    a, d = p0[:, None, None, :], (p1 - p0)[:, None, None, :]  # (B,1,1,2)
+    t = (((pix - a) * d).sum(-1) / d.square().sum(-1).clamp_min(1e-6)).clamp(0, 1)  # (B,H,W)
+    dist = (pix - a - t[..., None] * d).norm(dim=-1)
+    r = torch.as_tensor(radius, dtype=p0.dtype, device=p0.device).reshape(-1, 1, 1)
+    return (r - dist).clamp(0, 1)[:, None], t[:, None], d.norm(dim=-1)[:, None]
 
 
 def _noise(x: torch.Tensor, cfg: AugmentConfig, g: torch.Generator) -> torch.Tensor:
@@ -294,3 +310,47 @@ def _noise(x: torch.Tensor, cfg: AugmentConfig, g: torch.Generator) -> torch.Ten
     on, u = _chosen(len(x), cfg.noise_p, g, x.device)
     z = torch.randn(x.shape, generator=g, device=g.device).to(x.device, x.dtype)
     return x + on * (cfg.noise_std * u).view(-1, 1, 1, 1) * z
+
+
+def _fog(x: torch.Tensor, cfg: AugmentConfig, g: torch.Generator) -> torch.Tensor:
+    """A smooth haze (bicubic-upsampled 4x4 noise) of random strength up to 0.4 added everywhere."""
+    on, u = _chosen(len(x), cfg.fog_p, g, x.device)
+    coarse = _rand(len(x), 16, g, x.device).view(-1, 1, 4, 4)
+    haze = F.interpolate(coarse, size=x.shape[-2:], mode="bicubic", align_corners=False).clamp(0, 1)
+    return x + on * (0.4 * u).view(-1, 1, 1, 1) * haze
+
+
+def _continental(x: torch.Tensor, labels: torch.Tensor, cfg: AugmentConfig, g: torch.Generator):
+    """European styles MNIST lacks: a bar across the stem of a 7 (at 45-70% of the ink's height,
+    0.3-0.6 of the height wide) and a flag from the top of a 1 down to the left (0.2-0.5 of the height
+    long, 20-50 degrees below horizontal). Other digits are untouched."""
+    b, _, h, w = x.shape
+    on, _ = _chosen(b, cfg.continental_p, g, x.device)
+    u = _rand(b, 4, g, x.device)
+    ink = x[:, 0] > 0.4  # (B,H,W)
+    rows = ink.any(2).to(x.dtype)  # (B,H) rows holding ink
+    idx = torch.arange(h, device=x.device, dtype=x.dtype)
+    top = torch.where(rows > 0, idx, torch.full_like(idx, h)).amin(1)  # (B,)
+    bottom = torch.where(rows > 0, idx, torch.full_like(idx, -1)).amax(1)
+    height = (bottom - top).clamp_min(1)
+    cols = torch.arange(w, device=x.device, dtype=x.dtype)
+
+    def centre_col(row):  # mean ink column on row `row` (B,), the image's mean if that row is empty
+        line = x[torch.arange(b), 0, row.long().clamp(0, h - 1)]  # (B,W)
+        whole = x[:, 0].sum(1)
+        line = torch.where(line.sum(1, keepdim=True) > 0, line, whole)
+        return (line * cols).sum(1) / line.sum(1).clamp_min(1e-6)
+
+    bar_y = top + (0.45 + 0.25 * u[:, 0]) * height
+    half = (0.15 + 0.15 * u[:, 1]) * height
+    bar_x = centre_col(bar_y)
+    length, angle = (0.2 + 0.3 * u[:, 2]) * height, math.radians(20) + math.radians(30) * u[:, 3]
+    flag_x = centre_col(top)
+    seven = torch.stack([torch.stack([bar_x - half, bar_y], 1), torch.stack([bar_x + half, bar_y], 1)])
+    one = torch.stack([torch.stack([flag_x, top], 1),
+                       torch.stack([flag_x - length * torch.cos(angle), top + length * torch.sin(angle)], 1)])
+    is7 = (labels == 7).to(x.device)[:, None]
+    p0, p1 = torch.where(is7, seven[0], one[0]), torch.where(is7, seven[1], one[1])
+    stroke, _, _ = _segments(p0 + 0.5, p1 + 0.5, 1.3, (h, w))
+    chosen = on * ((labels == 7) | (labels == 1)).to(x.device, x.dtype).view(b, 1, 1, 1)
+    return torch.maximum(x, chosen * stroke)

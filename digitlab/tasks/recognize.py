@@ -73,7 +73,7 @@ class RecognizeTask:
         images, labels = self.splits["train"]
         x = to_float(images[index])
         if self.augment_cfg is not None:
-            x = augment(x, self.augment_cfg, generator)
+            x = augment(x, self.augment_cfg, generator, labels=labels[index])
         return x.contiguous(memory_format=self.memory_format), labels[index]
 
     def step(self, model: nn.Module, batch: tuple) -> dict[str, torch.Tensor]:
