@@ -173,3 +173,82 @@ def test_rejects_unbatched_input():
 def test_cuda_images_with_cpu_generator_match_cpu():
     x = images()
     torch.testing.assert_close(augment(x.cuda(), FULL, gen(1)).cpu(), augment(x, FULL, gen(1)), atol=1e-4, rtol=0)
+
+
+# --- style augmentation ------------------------------------------------------------------------
+
+STYLE = AugmentConfig(aspect=1.5, stroke_p=0.5, lowres_p=0.3, binarize_p=0.3, gamma=1.5, broken_p=0.3,
+                      lines_p=0.3, noise_p=0.3)
+
+
+def strokes(b=32):
+    """Bars 3 px wide, like MNIST strokes: (B, 1, 28, 28)."""
+    x = torch.zeros(b, 1, 28, 28)
+    x[:, :, 6:22, 12:15] = 1.0
+    x[:, :, 6:9, 8:20] = 1.0
+    return x
+
+
+def test_style_augmentation_is_seeded_and_keeps_shape_and_range():
+    x = strokes()
+    a, b, c = augment(x, STYLE, gen(1)), augment(x, STYLE, gen(1)), augment(x, STYLE, gen(2))
+    assert a.shape == x.shape and a.min() >= 0 and a.max() <= 1
+    assert torch.equal(a, b) and not torch.equal(a, c)
+
+
+@pytest.mark.parametrize("field", ["stroke_p", "lowres_p", "binarize_p", "broken_p", "lines_p", "noise_p"])
+def test_each_style_with_p_zero_changes_nothing_and_p_one_changes_every_image(field):
+    x = F.avg_pool2d(strokes(8), 3, 1, 1)  # grey edges: binarising changes them
+    assert torch.equal(augment(x, AugmentConfig(**{field: 0.0}), gen()), x)
+    y = augment(x, AugmentConfig(**{field: 1.0}), gen())
+    assert ((y - x).flatten(1).abs().amax(1) > 0).sum() >= 7  # a drawn amount can be ~0 for one image
+
+
+def test_stroke_width_thickens_and_thins_by_sign():
+    x = strokes(64)
+    y = augment(x, AugmentConfig(stroke_p=1.0, stroke=1.0), gen(5))
+    ink, ink0 = y.flatten(1).sum(1), x.flatten(1).sum(1)
+    assert (ink > ink0 * 1.2).sum() > 15 and (ink < ink0 * 0.8).sum() > 15  # both directions drawn
+    full = augment(x, AugmentConfig(stroke_p=1.0, stroke=2.0), gen(5))
+    assert full.flatten(1).sum(1).max() > ink.max()  # two steps grow more than one
+
+
+def test_broken_cuts_ink_and_lines_add_it():
+    x = strokes(64)
+    broken = augment(x, AugmentConfig(broken_p=1.0, broken_holes=30), gen())
+    lines = augment(x, AugmentConfig(lines_p=1.0), gen())
+    assert (broken <= x).all() and broken.sum() < x.sum() * 0.9
+    assert (lines >= x).all() and lines.sum() > x.sum()
+
+
+def test_binarise_gives_zero_one_pixels_and_aspect_widens():
+    x = F.avg_pool2d(strokes(16), 3, 1, 1)  # grey edges
+    y = augment(x, AugmentConfig(binarize_p=1.0), gen())
+    assert set(y.unique().tolist()) <= {0.0, 1.0}
+    wide = augment(x, AugmentConfig(aspect=2.0), gen(3))
+    cols = lambda t: (t.amax(dim=2) > 0.3).sum(-1).float()  # noqa: E731  ink columns per image
+    assert (cols(wide) != cols(x)).any() and cols(wide).max() > cols(x).max()
+
+
+@pytest.mark.parametrize("bad", [{"stroke_p": 1.5}, {"aspect": 0.5}, {"gamma": 0.9}, {"lowres": (1, 8)},
+                                 {"stroke": 3}, {"noise_std": -1}])
+def test_bad_style_settings_name_the_field(bad):
+    with pytest.raises(DigitlabError, match=list(bad)[0]):
+        AugmentConfig(**bad)
+
+
+def test_continental_marks_only_ones_and_sevens_and_needs_labels():
+    x = strokes(40)
+    labels = torch.arange(40) % 10
+    y = augment(x, AugmentConfig(continental_p=1.0), gen(), labels=labels)
+    changed = (y - x).flatten(1).abs().amax(1) > 0
+    assert changed.tolist() == [bool(d in (1, 7)) for d in labels.tolist()]
+    assert (y >= x).all()  # strokes are added, never removed
+    with pytest.raises(DigitlabError, match="continental_p needs the digits' labels"):
+        augment(x, AugmentConfig(continental_p=0.5), gen())
+
+
+def test_fog_brightens_the_background_smoothly():
+    y = augment(torch.zeros(16, 1, 28, 28), AugmentConfig(fog_p=1.0), gen())
+    assert y.mean() > 0.02 and y.max() <= 0.4
+    assert y[:, :, 1:].sub(y[:, :, :-1]).abs().max() < 0.1  # smooth: no sharp edges added

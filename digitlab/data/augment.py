@@ -4,6 +4,12 @@ Images are float tensors in [0, 1], shape (B, 1, H, W), background 0. The random
 (rotation, translation, scale, shear) and the elastic field are composed into a single sampling
 grid, so each batch is resampled once with `grid_sample`; the optional blur is one grouped conv
 per axis. No per-image Python loops.
+
+Style augmentation (off by default) mimics how real handwriting differs from MNIST (see
+`digitlab.data.shift`, the robustness suite it is tuned against): aspect stretch (inside the same
+warp), stroke width (max-pool dilation / min-pool erosion, blended for sub-pixel amounts), low
+resolution (area down-sampling, bilinear back), a binarising threshold or gamma, broken strokes
+(small holes), stray lines and sensor noise. Each is a whole-batch tensor op with per-image draws.
 """
 
 from __future__ import annotations
@@ -28,11 +34,30 @@ class AugmentConfig:
     elastic_sigma: float = 4.0  # smoothness of the displacement field (pixels)
     blur_p: float = 0.0  # probability of a Gaussian blur
     blur_sigma: tuple[float, float] = (0.1, 1.0)
+    # style augmentation: each *_p is the probability that an image gets it
+    aspect: float = 1.0  # horizontal stretch factor drawn log-uniform in [1/aspect, aspect] (in the warp)
+    stroke_p: float = 0.0
+    stroke: float = 1.0  # max stroke width change, pixels per side, uniform in [-stroke, stroke]
+    lowres_p: float = 0.0
+    lowres: tuple[int, int] = (8, 16)  # side of the down-sampled field, one drawn per batch
+    binarize_p: float = 0.0  # threshold at a level uniform in [0.25, 0.6] (else gamma, if enabled)
+    gamma: float = 1.0  # gamma drawn log-uniform in [1/gamma, gamma] for the images not binarised
+    broken_p: float = 0.0
+    broken_holes: float = 6.0  # expected 3x3 holes per image (about a fifth land on ink)
+    lines_p: float = 0.0  # a stray straight line (solid or dotted) across the field
+    noise_p: float = 0.0
+    noise_std: float = 0.1  # max std of additive Gaussian noise
+    fog_p: float = 0.0  # a smooth haze of up to 0.4 (uneven lighting)
+    continental_p: float = 0.0  # 7s get a bar across the stem, 1s a flag at the top (needs labels)
 
     def __post_init__(self):
         self.scale, self.blur_sigma = tuple(self.scale), tuple(self.blur_sigma)  # YAML gives lists
-        bad = [f"{name}={getattr(self, name)}" for name, ok in [
-            ("p", 0 <= self.p <= 1), ("blur_p", 0 <= self.blur_p <= 1),
+        self.lowres = tuple(self.lowres)
+        probabilities = [(n, 0 <= getattr(self, n) <= 1) for n in self._STYLE_P + ("p", "blur_p")]
+        bad = [f"{name}={getattr(self, name)}" for name, ok in probabilities + [
+            ("aspect", self.aspect >= 1), ("gamma", self.gamma >= 1), ("stroke", 0 <= self.stroke <= 2),
+            ("lowres", len(self.lowres) == 2 and 2 <= self.lowres[0] <= self.lowres[1] <= 28),
+            ("broken_holes", self.broken_holes >= 0), ("noise_std", self.noise_std >= 0),
             ("rotate", self.rotate >= 0), ("translate", self.translate >= 0), ("shear", 0 <= self.shear < 90),
             ("elastic_alpha", self.elastic_alpha >= 0), ("elastic_sigma", self.elastic_sigma > 0),
             ("scale", len(self.scale) == 2 and 0 < self.scale[0] <= self.scale[1]),
@@ -40,16 +65,23 @@ class AugmentConfig:
         ] if not ok]
         if bad:
             raise DigitlabError(f"invalid augmentation settings: {', '.join(bad)}",
-                                "use probabilities in [0, 1], non-negative magnitudes (shear < 90 degrees), "
+                                "use probabilities in [0, 1], non-negative magnitudes (shear < 90 degrees, "
+                                "stroke <= 2 px), factors aspect and gamma >= 1, lowres sides in [2, 28], "
                                 "and (low, high) ranges with 0 < low <= high")
+
+    _STYLE_P = ("stroke_p", "lowres_p", "binarize_p", "broken_p", "lines_p", "noise_p", "fog_p", "continental_p")
+
+    def styles(self) -> bool:
+        """Whether any style augmentation after the warp can happen."""
+        return any(getattr(self, n) > 0 for n in self._STYLE_P) or self.gamma > 1
 
     def warps(self) -> bool:
         """Whether any geometric warp can happen (the grid_sample pass is skipped otherwise)."""
-        geometric = self.rotate or self.translate or self.shear or self.elastic_alpha
+        geometric = self.rotate or self.translate or self.shear or self.elastic_alpha or self.aspect > 1
         return self.p > 0 and bool(geometric or tuple(self.scale) != (1.0, 1.0))
 
     def enabled(self) -> bool:
-        return self.warps() or self.blur_p > 0
+        return self.warps() or self.blur_p > 0 or self.styles()
 
 
 def affine_matrices(angle_deg, translate_xy, scale, shear_deg, size: tuple[int, int] | None = None):
@@ -76,22 +108,42 @@ def affine_matrices(angle_deg, translate_xy, scale, shear_deg, size: tuple[int, 
     return torch.cat([lin, shift], dim=-1)
 
 
-def augment(x: torch.Tensor, cfg: AugmentConfig, generator: torch.Generator) -> torch.Tensor:
+def augment(x: torch.Tensor, cfg: AugmentConfig, generator: torch.Generator,
+            labels: torch.Tensor | None = None) -> torch.Tensor:
     """Randomly warp and blur a batch (B, 1, H, W) in [0, 1]; same generator state -> same output.
 
     Random parameters are drawn on the generator's device, then moved to x's device. A disabled
-    config returns `x` itself.
+    config returns `x` itself. `labels` (B,) digit classes are needed only by `continental_p`.
     """
     if x.dim() != 4:
         raise DigitlabError(f"augment expects images of shape (B, C, H, W), got {tuple(x.shape)}",
                             "add batch and channel dimensions, e.g. x[:, None] for (B, H, W)")
     if not cfg.enabled():
         return x
+    if cfg.continental_p > 0 and labels is None:
+        raise DigitlabError("augment.continental_p needs the digits' labels",
+                            "pass labels=... to augment, or set augment.continental_p=0")
     out = x if x.dtype in (torch.float32, torch.float64) else x.float()
+    if cfg.continental_p > 0:  # before the warp, so the added strokes slant and stretch with the digit
+        out = _continental(out, labels, cfg, generator)
     if cfg.warps():
         out = _warp(out, cfg, generator)
+    if cfg.stroke_p > 0:
+        out = _stroke_width(out, cfg, generator)
+    if cfg.lowres_p > 0:
+        out = _lowres(out, cfg, generator)
     if cfg.blur_p > 0:
         out = _blur(out, cfg, generator)
+    if cfg.binarize_p > 0 or cfg.gamma > 1:
+        out = _levels(out, cfg, generator)
+    if cfg.broken_p > 0:
+        out = _broken(out, cfg, generator)
+    if cfg.lines_p > 0:
+        out = _lines(out, cfg, generator)
+    if cfg.fog_p > 0:
+        out = _fog(out, cfg, generator)
+    if cfg.noise_p > 0:
+        out = _noise(out, cfg, generator)
     return out.clamp_(0, 1).to(x.dtype)
 
 
@@ -103,13 +155,16 @@ def _rand(b: int, n: int, generator: torch.Generator, device) -> torch.Tensor:
 def _warp(x: torch.Tensor, cfg: AugmentConfig, g: torch.Generator) -> torch.Tensor:
     """One affine_grid + (elastic) + grid_sample for the whole batch; unselected images get identity."""
     b, _, h, w = x.shape
-    u = _rand(b, 6, g, x.device)  # columns: keep, angle, shift x, shift y, scale, shear
+    u = _rand(b, 6 + (cfg.aspect > 1), g, x.device)  # keep, angle, shift x, shift y, scale, shear, [aspect]
     keep = (u[:, 0] < cfg.p).float()  # (B,) 1 = warp this image, 0 = identity
     angle = cfg.rotate * (2 * u[:, 1] - 1) * keep
     shift = cfg.translate * (2 * u[:, 2:4] - 1) * keep[:, None]  # (B, 2) fractions of (W, H)
     scale = 1 + (cfg.scale[0] + (cfg.scale[1] - cfg.scale[0]) * u[:, 4] - 1) * keep
     shear = cfg.shear * (2 * u[:, 5] - 1) * keep
     theta = affine_matrices(angle, shift, scale, shear, size=(h, w)).to(x.dtype)
+    if cfg.aspect > 1:  # stretch x by a first: the inverse map divides the x row by a
+        a = torch.exp(math.log(cfg.aspect) * (2 * u[:, 6] - 1) * keep).to(x.dtype)
+        theta = theta * torch.stack([1 / a, torch.ones_like(a)], 1)[:, :, None]
     grid = F.affine_grid(theta, [b, 1, h, w], align_corners=False)  # (B, H, W, 2), (x, y) in [-1, 1]
     if cfg.elastic_alpha > 0:
         grid = grid + _elastic_field(b, h, w, cfg, g, x.device).to(x.dtype) * keep[:, None, None, None]
@@ -174,3 +229,128 @@ def _separable(x: torch.Tensor, kernels: torch.Tensor, padding: str) -> torch.Te
     y = F.conv2d(y, kernels.view(n, 1, 1, -1), groups=n)  # along x -> (1, N, H+2r, W)
     y = F.conv2d(y, kernels.view(n, 1, -1, 1), groups=n)  # along y -> (1, N, H, W)
     return y.view(n, 1, h, w)
+
+
+# --- style augmentation (see the module docstring) ---------------------------------------------
+
+def _chosen(b: int, p: float, g: torch.Generator, device) -> tuple[torch.Tensor, torch.Tensor]:
+    """(mask (B,1,1,1) of images that get the augmentation, a (B,) uniform draw for its amount)."""
+    u = _rand(b, 2, g, device)
+    return (u[:, 0] < p).float().view(b, 1, 1, 1), u[:, 1]
+
+
+def _renormalise(x: torch.Tensor) -> torch.Tensor:
+    """Scale each image's max to 1 again, as preprocessing (to_mnist) does with a real input."""
+    return x / x.amax(dim=(1, 2, 3), keepdim=True).clamp_min(1e-6)
+
+
+def _stroke_width(x: torch.Tensor, cfg: AugmentConfig, g: torch.Generator) -> torch.Tensor:
+    """Dilate (3x3 max-pool) or erode (min-pool) by up to `stroke` px per side; fractional amounts
+    blend with the next whole step, as grey levels are ink coverage."""
+    on, u = _chosen(len(x), cfg.stroke_p, g, x.device)
+    amount = (cfg.stroke * (2 * u - 1)).view(-1, 1, 1, 1) * on  # (B,1,1,1), + thicker, - thinner
+    out = x
+    for step in range(math.ceil(cfg.stroke)):
+        frac = (amount.abs() - step).clamp(0, 1)
+        dil, ero = F.max_pool2d(out, 3, 1, 1), -F.max_pool2d(-out, 3, 1, 1)
+        out = out + frac * (torch.where(amount > 0, dil, ero) - out)
+    return _renormalise(out)
+
+
+def _lowres(x: torch.Tensor, cfg: AugmentConfig, g: torch.Generator) -> torch.Tensor:
+    """Area down-sampling to one side per batch drawn in `lowres`, bilinear back up."""
+    on, u = _chosen(len(x), cfg.lowres_p, g, x.device)
+    side = cfg.lowres[0] + int(u[0] * (cfg.lowres[1] - cfg.lowres[0] + 1) * 0.999)
+    small = F.interpolate(x, size=(side, side), mode="area")
+    back = F.interpolate(small, size=x.shape[-2:], mode="bilinear", align_corners=False)
+    return on * _renormalise(back) + (1 - on) * x
+
+
+def _levels(x: torch.Tensor, cfg: AugmentConfig, g: torch.Generator) -> torch.Tensor:
+    """Binarise at a random level, or (the other images) apply a random gamma to the ink."""
+    on, u = _chosen(len(x), cfg.binarize_p, g, x.device)
+    level = (0.25 + 0.35 * u).view(-1, 1, 1, 1)
+    gamma = torch.exp(math.log(cfg.gamma) * (2 * _rand(len(x), 1, g, x.device) - 1)).view(-1, 1, 1, 1)
+    return on * (x > level).to(x.dtype) + (1 - on) * x.clamp_min(0).pow(gamma)
+
+
+def _broken(x: torch.Tensor, cfg: AugmentConfig, g: torch.Generator) -> torch.Tensor:
+    """Cut 3x3 holes at random places (max-pooled random seeds): broken strokes."""
+    on, _ = _chosen(len(x), cfg.broken_p, g, x.device)
+    seeds = (_rand(len(x), x.shape[-2] * x.shape[-1], g, x.device) < cfg.broken_holes / x[0].numel())
+    holes = F.max_pool2d(seeds.to(x.dtype).view_as(x), 3, 1, 1)
+    return x * (1 - on * holes)
+
+
+def _lines(x: torch.Tensor, cfg: AugmentConfig, g: torch.Generator) -> torch.Tensor:
+    """A straight stroke ~1.5 px wide between two random points, dotted for half of them."""
+    b, _, h, w = x.shape
+    on, u = _chosen(b, cfg.lines_p, g, x.device)
+    ends = _rand(b, 4, g, x.device) * torch.tensor([w, h, w, h], device=x.device, dtype=x.dtype)
+    ink, t, length = _segments(ends[:, :2], ends[:, 2:], 1.25, (h, w))
+    dotted = (u < 0.5).view(b, 1, 1, 1) & (torch.remainder(t * length, 4) >= 2)  # dots every ~4 px
+    return torch.maximum(x, on * torch.where(dotted, torch.zeros_like(ink), ink))
+
+
+def _segments(p0: torch.Tensor, p1: torch.Tensor, radius, size: tuple[int, int]):
+    """Anti-aliased strokes from p0 to p1 ((B, 2) as (x, y) pixels) of `radius` ((B,) or a number):
+    (ink (B,1,H,W), position t along the segment (B,1,H,W), length (B,1,1,1))."""
+    h, w = size
+    ys, xs = torch.meshgrid(torch.arange(h, device=p0.device), torch.arange(w, device=p0.device), indexing="ij")
+    pix = torch.stack([xs, ys], -1).to(p0.dtype) + 0.5  # (H,W,2) pixel centres
+    a, d = p0[:, None, None, :], (p1 - p0)[:, None, None, :]  # (B,1,1,2)
+    t = (((pix - a) * d).sum(-1) / d.square().sum(-1).clamp_min(1e-6)).clamp(0, 1)  # (B,H,W)
+    dist = (pix - a - t[..., None] * d).norm(dim=-1)
+    r = torch.as_tensor(radius, dtype=p0.dtype, device=p0.device).reshape(-1, 1, 1)
+    return (r - dist).clamp(0, 1)[:, None], t[:, None], d.norm(dim=-1)[:, None]
+
+
+def _noise(x: torch.Tensor, cfg: AugmentConfig, g: torch.Generator) -> torch.Tensor:
+    """Additive Gaussian noise of a random std up to noise_std."""
+    on, u = _chosen(len(x), cfg.noise_p, g, x.device)
+    z = torch.randn(x.shape, generator=g, device=g.device).to(x.device, x.dtype)
+    return x + on * (cfg.noise_std * u).view(-1, 1, 1, 1) * z
+
+
+def _fog(x: torch.Tensor, cfg: AugmentConfig, g: torch.Generator) -> torch.Tensor:
+    """A smooth haze (bicubic-upsampled 4x4 noise) of random strength up to 0.4 added everywhere."""
+    on, u = _chosen(len(x), cfg.fog_p, g, x.device)
+    coarse = _rand(len(x), 16, g, x.device).view(-1, 1, 4, 4)
+    haze = F.interpolate(coarse, size=x.shape[-2:], mode="bicubic", align_corners=False).clamp(0, 1)
+    return x + on * (0.4 * u).view(-1, 1, 1, 1) * haze
+
+
+def _continental(x: torch.Tensor, labels: torch.Tensor, cfg: AugmentConfig, g: torch.Generator):
+    """European styles MNIST lacks: a bar across the stem of a 7 (at 45-70% of the ink's height,
+    0.3-0.6 of the height wide) and a flag from the top of a 1 down to the left (0.2-0.5 of the height
+    long, 20-50 degrees below horizontal). Other digits are untouched."""
+    b, _, h, w = x.shape
+    on, _ = _chosen(b, cfg.continental_p, g, x.device)
+    u = _rand(b, 4, g, x.device)
+    ink = x[:, 0] > 0.4  # (B,H,W)
+    rows = ink.any(2).to(x.dtype)  # (B,H) rows holding ink
+    idx = torch.arange(h, device=x.device, dtype=x.dtype)
+    top = torch.where(rows > 0, idx, torch.full_like(idx, h)).amin(1)  # (B,)
+    bottom = torch.where(rows > 0, idx, torch.full_like(idx, -1)).amax(1)
+    height = (bottom - top).clamp_min(1)
+    cols = torch.arange(w, device=x.device, dtype=x.dtype)
+
+    def centre_col(row):  # mean ink column on row `row` (B,), the image's mean if that row is empty
+        line = x[torch.arange(b), 0, row.long().clamp(0, h - 1)]  # (B,W)
+        whole = x[:, 0].sum(1)
+        line = torch.where(line.sum(1, keepdim=True) > 0, line, whole)
+        return (line * cols).sum(1) / line.sum(1).clamp_min(1e-6)
+
+    bar_y = top + (0.45 + 0.25 * u[:, 0]) * height
+    half = (0.15 + 0.15 * u[:, 1]) * height
+    bar_x = centre_col(bar_y)
+    length, angle = (0.2 + 0.3 * u[:, 2]) * height, math.radians(20) + math.radians(30) * u[:, 3]
+    flag_x = centre_col(top)
+    seven = torch.stack([torch.stack([bar_x - half, bar_y], 1), torch.stack([bar_x + half, bar_y], 1)])
+    one = torch.stack([torch.stack([flag_x, top], 1),
+                       torch.stack([flag_x - length * torch.cos(angle), top + length * torch.sin(angle)], 1)])
+    is7 = (labels == 7).to(x.device)[:, None]
+    p0, p1 = torch.where(is7, seven[0], one[0]), torch.where(is7, seven[1], one[1])
+    stroke, _, _ = _segments(p0 + 0.5, p1 + 0.5, 1.3, (h, w))
+    chosen = on * ((labels == 7) | (labels == 1)).to(x.device, x.dtype).view(b, 1, 1, 1)
+    return torch.maximum(x, chosen * stroke)

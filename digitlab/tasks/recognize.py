@@ -112,7 +112,7 @@ class RecognizeTask:
             pick = torch.randint(len(self.junk), (n,), generator=generator, device=self.junk.device)
             x = torch.cat([x, to_float(self.junk[pick])])
         if self.augment_cfg is not None:
-            x = augment(x, self.augment_cfg, generator)
+            x = augment(x, self.augment_cfg, generator, labels=labels[index])
         return x.contiguous(memory_format=self.memory_format), labels[index]
 
     def step(self, model: nn.Module, batch: tuple) -> dict[str, torch.Tensor]:
