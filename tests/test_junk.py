@@ -135,3 +135,12 @@ def test_every_run_stores_a_calibration_that_verdict_and_bench_use(tmp_path):
     assert set(result["families"]) == set(SYNTH_FAMILIES)
     assert 0 <= result["families"]["scribble"]["auroc"] <= 1
     assert result["test_ece_after"] >= 0
+
+
+def test_junk_batches_work_with_label_aware_augmentation():
+    """Continental 7s and 1s read the labels: the junk that follows the digits has none (-1), so it is left alone."""
+    cfg = config.apply_overrides(smoke(junk_weight=0.5, junk_fraction=0.5), {"augment": {"continental_p": 1.0}})
+    task = RecognizeTask()
+    task.setup(cfg, torch.device("cpu"))
+    x, y = task.train_batch(torch.arange(16), torch.Generator().manual_seed(0))
+    assert (len(x), len(y)) == (24, 16)

@@ -106,14 +106,16 @@ class RecognizeTask:
         """(images, labels): with outlier exposure the junk images follow the digits in `images`
         (len(images) > len(labels)), augmented alike so style alone never tells them apart."""
         images, labels = self.splits["train"]
-        x = to_float(images[index])
+        x, y = to_float(images[index]), labels[index]
+        style_labels = y  # what label-aware augmentation (continental 1s and 7s) reads; -1: junk
         if self.junk is not None:
             n = max(1, round(len(index) * float(self.args["junk_fraction"])))
             pick = torch.randint(len(self.junk), (n,), generator=generator, device=self.junk.device)
             x = torch.cat([x, to_float(self.junk[pick])])
+            style_labels = torch.cat([y, y.new_full((n,), -1)])
         if self.augment_cfg is not None:
-            x = augment(x, self.augment_cfg, generator, labels=labels[index])
-        return x.contiguous(memory_format=self.memory_format), labels[index]
+            x = augment(x, self.augment_cfg, generator, labels=style_labels)
+        return x.contiguous(memory_format=self.memory_format), y
 
     def step(self, model: nn.Module, batch: tuple) -> dict[str, torch.Tensor]:
         x, y = batch
