@@ -12,15 +12,16 @@ error (15 bins) per shift.
 from __future__ import annotations
 
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-import numpy as np
-import torch
-
-from digitlab import io
 from digitlab.bench.common import save_record
-from digitlab.data import mnist
-from digitlab.data import shift as shifts
 from digitlab.errors import DigitlabError
+
+if TYPE_CHECKING:
+    import numpy as np
+    import torch
+
+# numpy, torch and the shift transforms are imported where used, so `digitlab --help` stays quick.
 
 ECE_BINS = 15
 
@@ -33,7 +34,7 @@ def register(sub) -> None:
                    help="MNIST test (default) or the seeded validation split (tune on this one)")
     p.add_argument("--limit", type=int, default=None, help="use the first N images of the split (default: all)")
     p.add_argument("--seed", type=int, default=0, help="seed of the shifts' randomness")
-    p.add_argument("--shifts", nargs="+", choices=list(shifts.BY_NAME), help="only these shifts (default: all)")
+    p.add_argument("--shifts", nargs="+", metavar="NAME", help="only these shifts (default: all; see docs/shift.md)")
     p.add_argument("--calibrated", action="store_true",
                    help="score the calibrated probabilities of model.json's fitted temperature, not the raw softmax")
     p.add_argument("--data-dir", help="folder with the MNIST IDX files")
@@ -43,9 +44,14 @@ def register(sub) -> None:
 
 
 def run(args) -> int:
-    from digitlab.inference import Recognizer
+    from digitlab import io
+    from digitlab.api import Recognizer
+    from digitlab.data import shift as shifts
 
-    recognizers = [Recognizer.from_run(r) for r in args.runs]  # a bad run fails before the suite is built
+    unknown = sorted(set(args.shifts or ()) - set(shifts.BY_NAME))
+    if unknown:
+        raise DigitlabError(f"unknown shift(s) {', '.join(unknown)}", f"use some of: {', '.join(shifts.BY_NAME)}")
+    recognizers = [Recognizer(r) for r in args.runs]  # a bad run fails before the suite is built
     cfg = _common_split(args.runs, args.split)
     suite = build_suite(cfg, args.split, args.limit, args.seed, args.data_dir, args.shifts)
     results = [score(rec, suite, args.calibrated) for rec in recognizers]
@@ -80,6 +86,7 @@ def _common_split(runs: list[Path], split: str):
 def load_images(cfg, split: str, limit: int | None, data_dir: str | None) -> tuple[np.ndarray, np.ndarray]:
     """The run config's test split, or its validation split exactly as training held it out
     (same val_size and split_seed): uint8 (N,28,28), labels."""
+    from digitlab.data import mnist
     from digitlab.tasks.recognize import split_indices
 
     if limit is not None and limit < 1:
@@ -99,6 +106,11 @@ def build_suite(cfg, split: str, limit: int | None, seed: int = 0, data_dir: str
                 names: list[str] | None = None) -> dict[str, tuple[np.ndarray, np.ndarray]]:
     """{"clean": (uint8 images, labels), shift name: (uint8 prepared images, labels), ...} for the
     data set and split of run config `cfg`; cached per data set, split, limit, seed and version."""
+    import numpy as np
+
+    from digitlab.data import mnist
+    from digitlab.data import shift as shifts
+
     x, y = load_images(cfg, split, limit, data_dir)
     suite = {"clean": (x, y)}
     key = f"{cfg.dataset}-{split}" + (f"-val{cfg.val_size}-split{cfg.split_seed}" if split == "val" else "")
@@ -118,29 +130,29 @@ def build_suite(cfg, split: str, limit: int | None, seed: int = 0, data_dir: str
     return suite
 
 
-@torch.inference_mode()
-def logits_of(model: torch.nn.Module, images_u8: np.ndarray, batch: int = 1000) -> np.ndarray:
+def logits_of(model: "torch.nn.Module", images_u8: "np.ndarray", batch: int = 1000) -> "np.ndarray":
+    import torch
+
     model.eval()
-    out = [model(torch.from_numpy(images_u8[i:i + batch]).float().div_(255)[:, None]).float()
-           for i in range(0, len(images_u8), batch)]
+    with torch.inference_mode():
+        out = [model(torch.from_numpy(images_u8[i:i + batch]).float().div_(255)[:, None]).float()
+               for i in range(0, len(images_u8), batch)]
     return torch.cat(out).numpy()
 
 
-def expected_calibration_error(probs: np.ndarray, labels: np.ndarray, bins: int = ECE_BINS) -> float:
-    """Guo et al. 2017: confidence (top probability) in equal-width bins; the bin-size-weighted mean
-    of |accuracy - mean confidence|."""
-    conf, correct = probs.max(1), probs.argmax(1) == labels
-    which = np.minimum((conf * bins).astype(int), bins - 1)
-    total = 0.0
-    for b in range(bins):
-        in_bin = which == b
-        if in_bin.any():
-            total += in_bin.sum() * abs(correct[in_bin].mean() - conf[in_bin].mean())
-    return float(total / len(labels))
+def expected_calibration_error(probs: "np.ndarray", labels: "np.ndarray", bins: int = ECE_BINS) -> float:
+    """The same ECE as training's calibration report (digitlab.calibrate.ece, 15 equal-width bins)."""
+    import torch
+
+    from digitlab import calibrate
+
+    return calibrate.ece(torch.from_numpy(probs).float(), torch.from_numpy(labels).long(), bins)
 
 
 def score(rec, suite: dict, calibrated: bool = False) -> dict:
     """Accuracy, ECE and the most common confusions for each entry of the suite."""
+    import numpy as np
+
     from digitlab.verdict import Calibration
 
     cal = Calibration.from_meta(rec.meta) if calibrated else Calibration()
