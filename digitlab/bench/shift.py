@@ -44,6 +44,9 @@ def register(sub) -> None:
 
 
 def run(args) -> int:
+    from digitlab.extras import require
+
+    require("baselines", "`digitlab bench shift`")  # skeletons and morphology: scikit-image, scipy
     from digitlab import io
     from digitlab.api import Recognizer
     from digitlab.data import shift as shifts
