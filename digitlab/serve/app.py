@@ -64,13 +64,6 @@ def create_app(recognize: str | Path | None = None, denoise: str | Path | None =
     # its requests still say "Host: evil.example". Outermost, so nothing else runs for them.
     app.add_middleware(TrustedHostMiddleware, allowed_hosts=allowed_hosts(host, allow_hosts))
 
-    def engine(request: Request, task: str) -> Engine:
-        found = request.app.state.engines.get(task)
-        if found is None:
-            raise ApiError(503, f"no {task} model yet (this server has none loaded)",
-                           f"train one with `digitlab train {task}`, then restart `digitlab serve`")
-        return found
-
     @app.api_route("/", methods=["GET", "HEAD"], include_in_schema=False)
     def index():
         return FileResponse(STATIC / "index.html")
@@ -94,7 +87,23 @@ def create_app(recognize: str | Path | None = None, denoise: str | Path | None =
                 "limits": {"max_body_bytes": MAX_BODY_BYTES, "max_pixels": MAX_PIXELS, "max_batch": S.MAX_BATCH},
                 "noise_kinds": list(NOISE_KINDS)}
 
-    # --- recognise -------------------------------------------------------------------------------
+    _add_recognize_routes(app)
+    _add_denoise_routes(app)
+    _add_compare_routes(app)
+    return app
+
+
+def engine(request: Request, task: str) -> Engine:
+    """The loaded model of a task, or 503 with the fix."""
+    found = request.app.state.engines.get(task)
+    if found is None:
+        raise ApiError(503, f"no {task} model yet (this server has none loaded)",
+                       f"train one with `digitlab train {task}`, then restart `digitlab serve`")
+    return found
+
+
+def _add_recognize_routes(app: FastAPI) -> None:
+    """/api/recognize[/pixels|/canvas|/batch|/files]."""
 
     def run_recognise(e: Engine, images: list[torch.Tensor]) -> list[dict]:
         x = torch.stack(images).unsqueeze(1).numpy()  # (B,1,28,28)
@@ -138,7 +147,9 @@ def create_app(recognize: str | Path | None = None, denoise: str | Path | None =
         prepared = [from_upload(data, field, checked=True) for data, field in files]
         return {"run": e.run.name, "results": run_recognise(e, prepared)}
 
-    # --- denoise ---------------------------------------------------------------------------------
+
+def _add_denoise_routes(app: FastAPI) -> None:
+    """/api/denoise[/pixels]."""
 
     def run_denoise(e: Engine, image: torch.Tensor, noise: str, strength: float, seed: int, already_noisy: bool):
         from digitlab.data.noise import apply_noise
@@ -175,7 +186,9 @@ def create_app(recognize: str | Path | None = None, denoise: str | Path | None =
         x = from_pixels(body.pixels, normalize=not body.already_noisy)
         return run_denoise(e, x, body.noise, body.strength, body.seed, body.already_noisy)
 
-    # --- compare ---------------------------------------------------------------------------------
+
+def _add_compare_routes(app: FastAPI) -> None:
+    """/api/compare[/pixels|/canvas]."""
 
     def run_compare(e: Engine, a: torch.Tensor, b: torch.Tensor) -> dict:
         logit = e(a.view(1, 1, 28, 28).numpy(), b.view(1, 1, 28, 28).numpy())[0]
@@ -202,8 +215,6 @@ def create_app(recognize: str | Path | None = None, denoise: str | Path | None =
     def compare_canvas(request: Request, body: S.CompareCanvasRequest):
         e = engine(request, "compare")
         return run_compare(e, preprocess.to_mnist(body.a.image()), preprocess.to_mnist(body.b.image()))
-
-    return app
 
 
 LOOPBACK_HOSTS = ["localhost", "127.0.0.1", "[::1]"]
