@@ -106,18 +106,23 @@ def check_onnx(run: str | Path, path: str | Path, model=None, task=None) -> dict
 
 def onnx_session(run: str | Path, threads: int | None = None):
     """An onnxruntime session for RUN/model.onnx, exporting it first if absent or older than the weights."""
+    from digitlab import pretrained
+
     run = Path(run)
     path, weights = _onnx_path(run), run / "model.safetensors"
-    if not path.is_file() or (weights.is_file() and path.stat().st_mtime < weights.stat().st_mtime):
+    fresh = path.is_file() and (pretrained.is_shipped(run) or not weights.is_file()
+                                or path.stat().st_mtime >= weights.stat().st_mtime)
+    if not fresh:
         export_onnx(run, path)
     return _session(path, threads)
 
 
 def _onnx_path(run: Path) -> Path:
-    """RUN/model.onnx; a shipped model's goes to the user cache (the package folder may be read-only)."""
+    """RUN/model.onnx. A shipped model without one gets it in the user cache (the package folder
+    may be read-only); the shipped recogniser has its own (pinned by SHA-256, see digitlab.lite)."""
     from digitlab import pretrained
 
-    if pretrained.is_shipped(run):
+    if pretrained.is_shipped(run) and not (run / "model.onnx").is_file():
         from digitlab.data.mnist import cache_dir
 
         return cache_dir() / "onnx" / f"{run.name}.onnx"

@@ -16,7 +16,7 @@ from digitlab.errors import DigitlabError
 # extra -> ((module to look for, distribution pip installs), ...)
 EXTRAS: dict[str, tuple[tuple[str, str], ...]] = {
     "serve": (("fastapi", "fastapi"), ("uvicorn", "uvicorn"), ("python_multipart", "python-multipart")),
-    "export": (("onnx", "onnx"), ("onnxruntime", "onnxruntime")),
+    "export": (("onnx", "onnx"),),  # onnxruntime is a core dependency (digitlab/lite.py)
     "study": (("optuna", "optuna"), ("filelock", "filelock")),
     "tensorboard": (("tensorboard", "tensorboard"),),
     "baselines": (("skimage", "scikit-image"), ("scipy", "scipy")),

@@ -9,6 +9,7 @@ import sys
 from pathlib import Path
 
 import pytest
+import torch
 from PIL import Image, ImageDraw
 
 import digitlab
@@ -51,11 +52,15 @@ def test_api_loads_the_shipped_models():
         assert type(model) is cls and model.shipped and "shipped" in repr(model)
 
 
-def test_cli_predicts_with_the_shipped_model(tmp_path):
+def _one(folder: Path) -> Path:
     img = Image.new("L", (140, 140), 255)
     ImageDraw.Draw(img).line([(70, 20), (70, 120)], fill=0, width=12)  # a plain "1"
-    img.save(tmp_path / "one.png")
-    out = subprocess.run([sys.executable, "-m", "digitlab", "predict", str(tmp_path / "one.png"), "--json"],
+    img.save(folder / "one.png")
+    return folder / "one.png"
+
+
+def test_cli_predicts_with_the_shipped_model(tmp_path):
+    out = subprocess.run([sys.executable, "-m", "digitlab", "predict", str(_one(tmp_path)), "--json"],
                          capture_output=True, text=True, timeout=120)
     assert out.returncode == 0, out.stderr
     answer = json.loads(out.stdout)
@@ -75,3 +80,38 @@ def test_serve_answers_every_task_with_no_run_given(tmp_path):
         assert client.post("/api/recognize/pixels", json={"pixels": one}).json()["digit"] == 1
         assert client.post("/api/denoise/pixels", json={"pixels": one, "noise": "gaussian"}).status_code == 200
         assert client.post("/api/compare/pixels", json={"a": one, "b": one}).json()["same_probability"] > 0.5
+
+
+def test_shipped_onnx_is_the_recorded_one_and_agrees_with_torch():
+    rec = record("recognize")
+    folder = pretrained.path("recognize")
+    assert build.sha256(folder / "model.onnx") == rec["onnx_sha256"]
+    from digitlab import lite
+
+    images = torch.rand(16, 28, 28, generator=torch.Generator().manual_seed(0))
+    want = digitlab.load("recognize").logits(images)
+    got = lite.LiteRecognizer(folder).logits(images.numpy())
+    assert abs(got - want).max() < 1e-3
+
+
+def test_cli_predict_with_the_shipped_model_does_not_import_torch(tmp_path):
+    from digitlab.bench.startup import loaded_modules, write_digit_png
+
+    image = write_digit_png(tmp_path / "seven.png")
+    modules = loaded_modules(["predict", str(image)], cwd=tmp_path)
+    assert "onnxruntime" in modules and "torch" not in modules
+
+
+def test_a_stale_onnx_in_a_run_is_not_used(tmp_path):
+    import os
+    import shutil
+
+    from digitlab import lite
+
+    run = Path(shutil.copytree(pretrained.path("recognize"), tmp_path / "run"))
+    assert lite.available(run)
+    os.utime(run / "model.onnx", (0, 0))  # older than the weights: training rewrote them since the export
+    assert not lite.available(run)
+    out = subprocess.run([sys.executable, "-m", "digitlab", "predict", str(run), str(_one(tmp_path)), "--json"],
+                         capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0 and json.loads(out.stdout)["digit"] == 1, out.stderr

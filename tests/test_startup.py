@@ -59,7 +59,7 @@ def test_require_names_the_extra_and_the_fix(monkeypatch):
 
 @pytest.mark.parametrize("module, args, message", [
     ("fastapi", ["serve"], "`digitlab serve` needs the serve extra (fastapi is not installed)"),
-    ("onnxruntime", ["serve", "--runtime", "onnx"], "`digitlab serve --runtime onnx` needs the export extra"),
+    ("onnx", ["serve", "--runtime", "onnx"], "`digitlab serve --runtime onnx` needs the export extra"),
     ("onnx", ["export", "runs/x"], "`digitlab export` needs the export extra (onnx is not installed)"),
     ("optuna", ["study", "configs/studies/r2-optimizer.yaml"], "`digitlab study` needs the study extra"),
     ("optuna", ["tune", "--space", "x.yaml"], "`digitlab tune` needs the study extra (optuna is not installed)"),

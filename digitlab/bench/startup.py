@@ -120,6 +120,16 @@ def predict_args(run_dir: Path | None, image: Path, env: dict) -> tuple[list[str
     return None, f"skipped: no --run, and `digitlab predict IMAGE` failed: {_last_line(done.stderr)}"
 
 
+def _torch_only_copy(run_dir: Path | None, env: dict, tmp: Path) -> Path | None:
+    """A copy of the predict case's model folder without model.onnx, or None if it has none."""
+    import shutil
+
+    folder = run_dir or Path(env["PYTHONPATH"].split(os.pathsep)[0]) / "digitlab" / "pretrained" / "recognize"
+    if not (folder / "model.onnx").is_file():
+        return None
+    return Path(shutil.copytree(folder, tmp / "recognize-torch", ignore=shutil.ignore_patterns("model.onnx")))
+
+
 def time_cases(cases: dict[str, list[str]], repeats: int, env: dict) -> dict[str, list[float]]:
     """Wall seconds per case over `repeats` rounds; each case runs once untimed first and must succeed."""
     for name, argv in cases.items():
@@ -147,6 +157,9 @@ def measure(repeats: int, run_dir: Path | None = None, source: Path | None = Non
         predict, model = predict_args(run_dir, image, env)
         if predict:
             cases["predict"] = digitlab + predict
+            torch_copy = _torch_only_copy(run_dir, env, Path(tmp))
+            if torch_copy:  # the same model without model.onnx: what predict costs through torch
+                cases["predict_torch"] = digitlab + ["predict", str(torch_copy), str(image)]
         times = time_cases(cases, repeats, env)
         results = {}
         for name, argv in cases.items():
@@ -174,7 +187,7 @@ def run(args) -> int:
     path = save_record("startup", record, args.out)
     r = record["results"]
     parts = [f"{name} {r[name]['median_s']:.3f} s (torch {'imported' if r[name]['torch_imported'] else 'not imported'})"
-             for name in ("python", "torch", "help", "import", "predict") if "median_s" in r[name]]
+             for name in ("python", "torch", "help", "import", "predict", "predict_torch") if "median_s" in r.get(name, {})]
     if "skipped" in r["predict"]:
         parts.append(f"predict {r['predict']['skipped']}")
     print(f"startup, median of {args.repeats}: " + "; ".join(parts) + f" -> {path}")

@@ -35,12 +35,14 @@ def split_run(paths: list[Path]) -> tuple[Path | None, list[Path]]:
 
 
 def run(args) -> int:
-    from digitlab import api, pretrained
+    from digitlab import lite, pretrained
 
     run_dir, images = split_run(args.paths)
-    recognizer = api.Recognizer(pretrained.resolve("recognize", run_dir))
-    inputs, _ = recognizer.prepare(images)  # (N,28,28); errors name the file
-    readings = api.verdict.read(recognizer.logits(inputs), recognizer.calibration)
+    folder = pretrained.resolve("recognize", run_dir)
+    if lite.available(folder):  # no torch to import: answers in about a third of the time
+        inputs, readings = lite.LiteRecognizer(folder).read(images)
+    else:
+        inputs, readings = _read_with_torch(folder, images)
     for path, r in zip(images, readings):
         if args.json:
             print(json.dumps({"image": str(path), **r.to_dict()}))
@@ -53,3 +55,11 @@ def run(args) -> int:
         titles = [f"{path.name}: {r.message}" for path, r in zip(images, readings)]
         plot_image_grid(inputs, args.save_input, titles, suptitle="What the model saw (28x28)")
     return 0
+
+
+def _read_with_torch(folder: Path, images: list[Path]):
+    from digitlab import api
+
+    recognizer = api.Recognizer(folder)
+    inputs, _ = recognizer.prepare(images)  # (N,28,28); errors name the file
+    return inputs.numpy(), api.verdict.read(recognizer.logits(inputs), recognizer.calibration)

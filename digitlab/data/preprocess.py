@@ -10,12 +10,15 @@ from __future__ import annotations
 
 import io
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
-import torch
 from PIL import Image, ImageOps, UnidentifiedImageError
 
 from digitlab.errors import DigitlabError
+
+if TYPE_CHECKING:
+    import torch
 
 SIZE = 28  # MNIST field
 BOX = 20  # the digit's longer side after size normalisation
@@ -62,7 +65,14 @@ def load_image(source: str | Path | bytes, max_pixels: int = 40_000_000, max_sid
                             f"the file may be truncated or damaged; save it again ({FORMATS_HINT})") from None
 
 
-def to_mnist(gray: np.ndarray) -> torch.Tensor:
+def to_mnist(gray: np.ndarray) -> "torch.Tensor":
+    """`to_mnist_array` as a torch tensor."""
+    import torch
+
+    return torch.from_numpy(to_mnist_array(gray))
+
+
+def to_mnist_array(gray: np.ndarray) -> np.ndarray:
     """Grayscale (H, W) -> float32 (28, 28) in [0, 1], white ink on black, prepared like MNIST.
 
     Steps: make the ink white on black and stretch it to [0, 1]; crop to the ink's bounding box;
@@ -78,15 +88,15 @@ def to_mnist(gray: np.ndarray) -> torch.Tensor:
     if not np.isfinite(g).all():
         raise DigitlabError("the image contains NaN or infinite values", "pass finite pixel values")
     patch = _fit_box(_crop_to_ink(_white_ink(g)))
-    return torch.from_numpy(_paste_centred(patch))
+    return _paste_centred(patch)
 
 
-def prepare(source: str | Path | bytes) -> torch.Tensor:
+def prepare(source: str | Path | bytes) -> "torch.Tensor":
     """Image file or bytes -> MNIST-like (28, 28) tensor."""
     return to_mnist(load_image(source))
 
 
-def noisy_to_28(gray: np.ndarray) -> torch.Tensor:
+def noisy_to_28(gray: np.ndarray) -> "torch.Tensor":
     """An already noisy grayscale image -> float32 (28, 28), white ink on black, WITHOUT cropping:
     noise all over the image would move the ink box. Invert a light background, then area-resize."""
     g = np.asarray(gray, dtype=np.float32)
@@ -95,6 +105,8 @@ def noisy_to_28(gray: np.ndarray) -> torch.Tensor:
         g = 1 - g
     if g.shape != (SIZE, SIZE):
         g = np.asarray(Image.fromarray(g).resize((SIZE, SIZE), Image.Resampling.BOX))
+    import torch
+
     return torch.from_numpy(np.clip(g, 0, 1).astype(np.float32))
 
 
@@ -103,7 +115,7 @@ def from_pil(img: Image.Image) -> np.ndarray:
     return _to_gray(img)
 
 
-def from_array(values, normalize: bool = True) -> torch.Tensor:
+def from_array(values, normalize: bool = True) -> "torch.Tensor":
     """A 28x28 grid of pixel values (nested lists or array) -> float32 (28, 28) tensor in [0, 1].
 
     uint8 values, or any values above 1, are read as [0, 255]; otherwise as [0, 1]. By default the
@@ -128,6 +140,8 @@ def from_array(values, normalize: bool = True) -> torch.Tensor:
         raise DigitlabError(f"pixel values must lie in [0, 1] or [0, 255], got min {lo:g} and max {hi:g}",
                             "rescale the values into [0, 1] (or [0, 255])")
     scaled = a.astype(np.float32) / (255 if a.dtype == np.uint8 or hi > 1 else 1)
+    import torch
+
     return to_mnist(scaled) if normalize else torch.from_numpy(scaled)
 
 

@@ -20,6 +20,7 @@ from digitlab.pretrained import ROOT
 
 SLICE = 1000  # the first SLICE MNIST test images
 FILES = ("model.safetensors", "model.json", "config.json")
+ONNX_TASKS = ("recognize",)  # the tasks whose shipped model also comes as model.onnx
 KEEP_METRICS = ("test_acc", "test_loss", "test_ece", "test_psnr", "test_ssim", "test_kind_acc", "test_score",
                 "test_auc", "test_eer", "test_oneshot_acc", "val_acc", "params", "flops_per_image",
                 "epochs_run", "best_epoch", "train_seconds", "wall_seconds", "threads", "device", "torch")
@@ -91,11 +92,23 @@ def pack(run: Path, preset: str, data_dir=None) -> Path:
     config = runfolder.read_json_file(run / "config.json", "config")
     record = {"task": task, "preset": preset, "source_run": run.name, "model": meta["model"], "params": meta.get("params"),
               "sha256": sha256(dest / "model.safetensors"), "bytes": (dest / "model.safetensors").stat().st_size,
+              **_export_onnx(dest, task),
               "slice": {"split": "test", "first": SLICE, **measure(dest, data_dir)},
               "test": metrics, "config": config}
     (dest / "MODEL_CARD.md").write_text(model_card(record), encoding="utf-8")
     save_record(f"pretrained-{task}", record)
     return dest
+
+
+def _export_onnx(dest: Path, task: str) -> dict:
+    """The recogniser also ships as model.onnx: `digitlab predict` then answers without importing
+    torch (digitlab.lite). Exported from the packed weights and checked against PyTorch."""
+    if task not in ONNX_TASKS:
+        return {}
+    from digitlab.export import export_onnx
+
+    path = export_onnx(dest, dest / "model.onnx", quiet=True)
+    return {"onnx_sha256": sha256(path), "onnx_bytes": path.stat().st_size}
 
 
 def model_card(record: dict) -> str:
@@ -113,7 +126,7 @@ def model_card(record: dict) -> str:
 - **Rebuilt by**: `bash scripts/build_pretrained.sh` (trains every shipped model, then packs it with
   `python -m digitlab.pretrained.build RUN`); figures recorded in `benchmarks/pretrained-{record['task']}.json`.
 - **Weights**: `model.safetensors`, {record['params']:,} parameters, {record['bytes']:,} bytes,
-  SHA-256 `{record['sha256']}`.
+  SHA-256 `{record['sha256']}`.{_onnx_line(record)}
 
 ## Test figures (MNIST test split, measured once at the end of training)
 
@@ -131,6 +144,13 @@ def model_card(record: dict) -> str:
 
 {CARD_TEXT[record['task']]['limits']}
 """
+
+
+def _onnx_line(record: dict) -> str:
+    if "onnx_sha256" not in record:
+        return ""
+    return (f"\n- **ONNX**: `model.onnx` (the same weights; `digitlab predict` runs it without torch), "
+            f"{record['onnx_bytes']:,} bytes,\n  SHA-256 `{record['onnx_sha256']}`.")
 
 
 def _fmt(v) -> str:
