@@ -18,6 +18,10 @@ So `guarded_protocol(...)` subclasses uvicorn's own h11 protocol (passed as `uvi
     evicted for being slow. If nothing is evictable the new connection is let in anyway, up to twice
     the cap (the unread ones become evictable within EVICT_AFTER_S); beyond that it is closed.
 Both count into `STATS`, logged at most once a minute (see RateLimit), not once per connection.
+Under a flood what matters is how fast the listen queue drains, since a /healthz whose handshake
+finds the queue full waits for the kernel's 1 s SYN retry. uvicorn runs on uvloop when it is
+installed (the serve extra brings it): accepting and closing a connection then costs ~40% less CPU
+(the 20,000 half-open connections of `digitlab bench serve --hostile`: 2.7 s of server CPU, not 4.3 s).
 """
 
 from __future__ import annotations
