@@ -8,7 +8,6 @@ The resolved config is saved as config.json in every run directory.
 from __future__ import annotations
 
 import dataclasses
-import json
 import re
 from dataclasses import dataclass, field
 from importlib import resources
@@ -349,7 +348,3 @@ def resolve(task: str, preset: str | None, overrides: dict) -> TrainConfig:
 
 
 DEFAULT_PRESETS = {"recognize": "recognize-fast", "denoise": "denoise-fast", "compare": "compare-small"}
-
-
-def to_json(cfg: TrainConfig) -> str:
-    return json.dumps(cfg.to_dict(), indent=2)
