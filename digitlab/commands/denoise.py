@@ -39,7 +39,7 @@ def run(args) -> int:
     results = api.Denoiser(pretrained.resolve("denoise", run_dir)).denoise(images)
     for path, r in zip(images, results):
         out = args.output or (args.out_dir or path.parent) / f"{path.stem}.clean.png"
-        save_png(r.image, out, args.scale)
+        r.save(out, args.scale)
         if args.json:
             rec = {"image": str(path), "output": str(out)}
             if r.kind:
@@ -51,18 +51,3 @@ def run(args) -> int:
         else:
             print(f"{path}: denoised (this model names no noise kind) -> {out}")
     return 0
-
-
-def save_png(image, path: Path, scale: int = 1) -> None:
-    """(28,28) float in [0,1] -> 8-bit grayscale PNG, white ink on black like MNIST; written atomically."""
-    import numpy as np
-    from PIL import Image
-
-    from digitlab import io
-
-    arr = (np.clip(np.asarray(image, dtype=np.float32), 0, 1) * 255 + 0.5).astype(np.uint8)
-    if scale > 1:
-        arr = np.kron(arr, np.ones((scale, scale), dtype=np.uint8))
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with io.atomic_path(path) as tmp:
-        Image.fromarray(arr, mode="L").save(tmp, format="PNG")
