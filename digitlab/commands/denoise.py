@@ -2,22 +2,21 @@
 
 from __future__ import annotations
 
-import argparse
 import json
 from pathlib import Path
 
+from digitlab.commands.common import add_parser, split_run
 from digitlab.errors import DigitlabError
 
 
 def register(sub) -> None:
-    p = sub.add_parser("denoise", formatter_class=argparse.RawDescriptionHelpFormatter,
-                       help="denoise image files and name the noise kind",
-                       description="Reads each already noisy image as a whole (a light background is inverted, "
-                                   "the image area-resized to 28x28; no cropping, as noise would move the ink box), "
-                                   "then the model: the shipped one, or the run folder given first. Writes the "
-                                   "28x28 denoised image and prints the identified noise kind.",
-                       epilog="examples:\n  digitlab denoise noisy.png -o clean.png\n"
-                              "  digitlab denoise runs/denoise/<run> a.png b.png --out-dir cleaned/ --json")
+    p = add_parser(sub, "denoise", help="denoise image files and name the noise kind",
+                   description="Reads each already noisy image as a whole (a light background is inverted, the "
+                               "image area-resized to 28x28; no cropping, as noise would move the ink box), then "
+                               "the model: the shipped one, or the run folder given first. Writes the 28x28 "
+                               "denoised image and prints the identified noise kind.",
+                   examples=["digitlab denoise noisy.png -o clean.png",
+                             "digitlab denoise runs/denoise/<run> a.png b.png --out-dir cleaned/ --json"])
     p.add_argument("paths", type=Path, nargs="+", metavar="[RUN] IMAGE",
                    help="optionally a denoise run folder (default: the shipped model), then noisy image files")
     p.add_argument("-o", "--output", type=Path, help="output PNG (one input image)")
@@ -29,7 +28,6 @@ def register(sub) -> None:
 
 def run(args) -> int:
     from digitlab import api, pretrained
-    from digitlab.commands.predict import split_run
 
     run_dir, images = split_run(args.paths)
     if args.output and len(images) > 1:

@@ -2,18 +2,18 @@
 
 from __future__ import annotations
 
-import argparse
 from pathlib import Path
+
+from digitlab.commands.common import add_parser
 
 
 def register(sub) -> None:
-    p = sub.add_parser("serve", formatter_class=argparse.RawDescriptionHelpFormatter,
-                       help="web demo and JSON API (recognise, denoise, compare)",
-                       description="Serves a drawing page and a JSON API (OpenAPI docs at /docs). Without a RUN "
-                                   "for a task, digitlab's shipped model of that task answers; `--TASK newest` "
-                                   "picks the newest finished run under runs/<task>/.",
-                       epilog="examples:\n  digitlab serve\n  digitlab serve --recognize runs/recognize/<run> --port 8000\n"
-                              "  digitlab serve --recognize newest --denoise newest")
+    p = add_parser(sub, "serve", help="web demo and JSON API (recognise, denoise, compare)",
+                   description="Serves a drawing page and a JSON API (OpenAPI docs at /docs). Without a RUN for a "
+                               "task, digitlab's shipped model of that task answers; `--TASK newest` picks the "
+                               "newest finished run under runs/<task>/.",
+                   examples=["digitlab serve", "digitlab serve --recognize runs/recognize/<run> --port 8000",
+                             "digitlab serve --recognize newest --denoise newest"])
     for task in ("recognize", "denoise", "compare"):
         p.add_argument(f"--{task}", metavar="RUN", help=f"{task} run folder, or 'newest' (default: the shipped model)")
     p.add_argument("--host", default="127.0.0.1", help="address to bind (default 127.0.0.1: this machine only)")

@@ -67,6 +67,7 @@ class TaskBase:
     """The parts of Task that are the same for every task; a task overrides what differs."""
 
     name: str
+    primary_mode = "max"  # every task so far selects on a score where higher is better
 
     def build_model(self, cfg: TrainConfig) -> nn.Module:
         return registry.create(cfg.model, task=self.name, **cfg.model_kwargs())

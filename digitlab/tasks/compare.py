@@ -76,11 +76,10 @@ def load_pair_splits(cfg: TrainConfig, opts: dict) -> dict[str, tuple[torch.Tens
 class CompareTask(TaskBase):
     name = "compare"
     primary_metric = "acc"
-    primary_mode = "max"
 
     def setup(self, cfg: TrainConfig, device: torch.device) -> None:
-        self.cfg, self.device = cfg, device
         self.opts = task_options(cfg)
+        self.cfg, self.device = cfg, device
         self.splits = {k: (x.to(device), y.to(device)) for k, (x, y) in load_pair_splits(cfg, self.opts).items()}
         self.sampler = PairSampler(self.splits["train"][1])
         self.eval_pairs = {split: fixed_pairs(self.splits[split][1], self.opts[f"{split}_pairs"],

@@ -32,7 +32,6 @@ TASK_ARGS = {"kind_weight": 0.05, "l1_weight": 0.0, "val_limit": 0, "test_limit"
 class DenoiseTask(TaskBase):
     name = "denoise"
     primary_metric = "composite"   # R1's 0.5*PSNR + 0.5*SSIM*100
-    primary_mode = "max"
 
     def setup(self, cfg: TrainConfig, device: torch.device) -> None:
         self.cfg, self.device = cfg, device

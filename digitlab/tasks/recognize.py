@@ -48,7 +48,6 @@ def load_splits(cfg: TrainConfig, device: torch.device) -> dict[str, tuple[torch
 class RecognizeTask(TaskBase):
     name = "recognize"
     primary_metric = "acc"
-    primary_mode = "max"
 
     def setup(self, cfg: TrainConfig, device: torch.device) -> None:
         self.cfg, self.device = cfg, device
