@@ -1,4 +1,4 @@
-"""Pair-comparison protocol (benchmarks.md): accuracy at 0.5, ROC-AUC and EER on the fixed test
+"""Pair-comparison protocol: accuracy at 0.5, ROC-AUC and EER on the fixed test
 pairs of both protocols (small: 4,000 pairs of the cached 1,000-image test subset; full: 20,000
 pairs of all 10,000 test images), and 10-way one-shot accuracy from the embedding over seeded
 episodes drawn from the whole test set."""

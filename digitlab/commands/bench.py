@@ -1,4 +1,4 @@
-"""`digitlab bench ...`: the protocols of benchmarks.md; each prints one line and writes JSON."""
+"""`digitlab bench ...`: the benchmark protocols of digitlab/bench/; each prints one line and writes JSON."""
 
 from __future__ import annotations
 

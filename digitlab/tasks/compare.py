@@ -1,6 +1,6 @@
 """Pair comparison: two images in, one logit "same digit?" out; BCE, accuracy, ROC-AUC, EER.
 
-Protocols (benchmarks.md):
+Protocols (the reports R1-R5: docs/reproduction.md):
   small  R5's: 6,000 training images (from the 55,000 recognition train split), 1,000 test
          images, each chosen once by `subset_seed` and cached; 4,000 fixed test pairs.
   full   all 55,000 training images; 20,000 fixed test pairs from the 10,000 test images.

@@ -2,7 +2,7 @@
 batch; the model returns the clean image and the kind it saw.
 
 Split: the recognition split (55,000 train / 5,000 validation, seeded by split_seed) rather than
-R1's 90/10, so every task's validation images are the same and benchmarks.md's protocol holds.
+R1's 90/10 (docs/reproduction.md), so every task validates on the same images.
 Validation noise is drawn once with a fixed seed (metrics compare across epochs); the test split
 is the frozen benchmark set of `digitlab bench denoise` (same noisy images, same hash).
 
@@ -31,7 +31,7 @@ TASK_ARGS = {"kind_weight": 0.05, "l1_weight": 0.0, "val_limit": 0, "test_limit"
 
 class DenoiseTask(TaskBase):
     name = "denoise"
-    primary_metric = "composite"   # R1's 0.5*PSNR + 0.5*SSIM*100
+    primary_metric = "composite"   # 0.5*PSNR + 0.5*SSIM*100, R1's selection metric (docs/reproduction.md)
 
     def setup(self, cfg: TrainConfig, device: torch.device) -> None:
         self.cfg, self.device = cfg, device
