@@ -21,7 +21,7 @@ import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable
+from typing import TYPE_CHECKING, Callable
 
 import torch
 import torch.nn as nn
@@ -35,6 +35,10 @@ from digitlab.engine.optim import Schedule, make_optimizer
 from digitlab.errors import DigitlabError
 from digitlab.models.registry import count_params
 from digitlab.tasks.base import Outputs, Task, get_task
+
+if TYPE_CHECKING:
+    from torch.optim.swa_utils import AveragedModel
+    from torch.utils.tensorboard import SummaryWriter
 
 EPOCH_SEED_STRIDE = 1_000_003
 
@@ -55,11 +59,11 @@ class TrainState:
     optimizer: torch.optim.Optimizer
     schedule: Schedule
     scaler: torch.amp.GradScaler
-    ema: nn.Module | None         # torch's AveragedModel of `model`, or None
+    ema: AveragedModel | None     # the moving average of `model`'s weights, or None
     amp_dtype: torch.dtype | None
     steps: int                    # batches per epoch
     log: Log
-    writer: Any = None            # TensorBoard SummaryWriter (rank 0, tensorboard on) or None
+    writer: SummaryWriter | None = None  # rank 0 with tensorboard on, else None
     epoch: int = 0                # epochs finished
     best: float = -math.inf       # best validation metric so far, signed so that higher is better
     bad_epochs: int = 0           # epochs since `best` improved
@@ -82,6 +86,22 @@ class TrainState:
                 "optimizer": self.optimizer.state_dict(), "schedule": self.schedule.state_dict(),
                 "scaler": self.scaler.state_dict(), "ema": self.ema.state_dict() if self.ema is not None else None}
 
+    def restore(self, ckpt: dict) -> None:
+        """The inverse of checkpoint(); one from another model or config is a clear error."""
+        try:
+            self.model.load_state_dict(ckpt["model"])
+            self.optimizer.load_state_dict(ckpt["optimizer"])
+            self.schedule.load_state_dict(ckpt["schedule"])
+            self.scaler.load_state_dict(ckpt["scaler"])
+            if self.ema is not None:
+                self.ema.load_state_dict(ckpt["ema"])
+        except Exception as exc:  # noqa: BLE001 - torch raises RuntimeError/KeyError/ValueError/TypeError
+            first = str(exc).strip().splitlines()[0][:200] if str(exc).strip() else type(exc).__name__
+            raise runs.bad_checkpoint(Path(self.run_dir) / "checkpoint.pt",
+                                      f"it does not fit this run's model and config ({first})") from None
+        self.epoch, self.best, self.bad_epochs = ckpt["epoch"], ckpt["best"], ckpt["bad_epochs"]
+        self.best_state = ckpt["best_state"]
+
 
 @dataclass
 class Finished:
@@ -95,7 +115,7 @@ class Finished:
     outputs: Outputs
     test: dict                    # the task's test metrics
     metrics: dict                 # metrics.json
-    writer: Any = None            # the run's open TensorBoard writer, for hparams
+    writer: SummaryWriter | None = None  # the run's open TensorBoard writer, for hparams
 
 
 def train(cfg: TrainConfig, run_dir: Path | None = None, resume: bool = False,
@@ -188,9 +208,8 @@ def _resume(state: TrainState) -> None:
     ckpt = runs.load_checkpoint(run_dir) if state.place.is_main or run_dir else None
     if ckpt is None:
         raise DigitlabError(f"no checkpoint.pt in {run_dir}", "start a new run without --resume")
-    _restore(ckpt, run_dir, state.model, state.optimizer, state.schedule, state.scaler, state.ema)
-    state.epoch, state.best, state.bad_epochs = ckpt["epoch"], ckpt["best"], ckpt["bad_epochs"]
-    state.best_state, state.history = ckpt["best_state"], runs.read_history(run_dir)[:state.epoch]
+    state.restore(ckpt)
+    state.history = runs.read_history(run_dir)[:state.epoch]
     state.log(f"resuming {run_dir} after epoch {state.epoch}")
 
 
@@ -312,21 +331,6 @@ def _final_metrics(state: TrainState, test: dict, wall_start: float) -> dict:
     return metrics
 
 
-def _restore(ckpt: dict, run_dir: Path, model, optimizer, schedule, scaler, ema) -> None:
-    """Load a checkpoint's states; one from another model or config is a clear error."""
-    try:
-        model.load_state_dict(ckpt["model"])
-        optimizer.load_state_dict(ckpt["optimizer"])
-        schedule.load_state_dict(ckpt["schedule"])
-        scaler.load_state_dict(ckpt["scaler"])
-        if ema is not None:
-            ema.load_state_dict(ckpt["ema"])
-    except Exception as exc:  # noqa: BLE001 - torch raises RuntimeError/KeyError/ValueError/TypeError
-        first = str(exc).strip().splitlines()[0][:200] if str(exc).strip() else type(exc).__name__
-        raise runs.bad_checkpoint(Path(run_dir) / "checkpoint.pt",
-                                  f"it does not fit this run's model and config ({first})") from None
-
-
 def _check_finite(loss_sum: torch.Tensor, epoch: int, step: int, cfg: TrainConfig) -> None:
     """Stop before a non-finite loss reaches a checkpoint: the last one (previous epoch) stays good."""
     if not bool(torch.isfinite(loss_sum)):
@@ -337,7 +341,7 @@ def _check_finite(loss_sum: torch.Tensor, epoch: int, step: int, cfg: TrainConfi
             "checkpoint.pt, if any, still holds the last finite epoch")
 
 
-def _moving_average(model: nn.Module, decay: float):
+def _moving_average(model: nn.Module, decay: float) -> AveragedModel | None:
     """An exponential moving average of the weights and the BN statistics (torch's AveragedModel), or
     None. Why: on small data the weights of any one step are noisy; their average generalises better
     and varies less between seeds, at the cost of one lerp over the parameters per step."""
@@ -348,7 +352,7 @@ def _moving_average(model: nn.Module, decay: float):
     return AveragedModel(model, multi_avg_fn=_ema_update(decay), use_buffers=True)
 
 
-def _ema_update(decay: float):
+def _ema_update(decay: float) -> Callable[[list[torch.Tensor], list[torch.Tensor], torch.Tensor], None]:
     """EMA step whose decay warms up as min(decay, (1 + n) / (10 + n)) after n updates (timm's
     rule): the average spans about the last tenth of training so far, so it is not dragged back to
     the random initial weights in the first epochs, then settles at `decay`."""
@@ -365,7 +369,7 @@ def _ema_update(decay: float):
     return update
 
 
-def _amp_dtype(cfg: TrainConfig, dev: torch.device):
+def _amp_dtype(cfg: TrainConfig, dev: torch.device) -> torch.dtype | None:
     """Mixed precision on CUDA only: bf16 where supported (no scaler needed), else fp16."""
     if not cfg.amp or dev.type != "cuda":
         return None
@@ -382,7 +386,7 @@ def _forward_flops(model: nn.Module, task: Task, dev: torch.device) -> int:
     return int(counter.get_total_flops())
 
 
-def _fmt(key: str, value) -> str:
+def _fmt(key: str, value: object) -> str:
     if isinstance(value, float) and key.endswith("acc"):
         return f"{100 * value:.2f}%"
     return f"{value:.4g}" if isinstance(value, float) else str(value)
@@ -396,7 +400,7 @@ def _epoch_line(record: dict, epochs: int) -> str:
     return "  ".join(parts)
 
 
-def _tensorboard(cfg: TrainConfig, run_dir: Path, log=print):
+def _tensorboard(cfg: TrainConfig, run_dir: Path, log: Log = print) -> SummaryWriter | None:
     if not cfg.tensorboard:
         return None
     # TensorBoard is the optional `tensorboard` extra: without it the run is the same, minus RUN/tb/.
@@ -411,7 +415,7 @@ def _tensorboard(cfg: TrainConfig, run_dir: Path, log=print):
     return SummaryWriter(log_dir=str(run_dir / "tb"))
 
 
-def _log_scalars(writer, record: dict) -> None:
+def _log_scalars(writer: SummaryWriter | None, record: dict) -> None:
     if writer is None:
         return
     for key, value in record.items():

@@ -10,6 +10,8 @@ from __future__ import annotations
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
+    from torch.utils.tensorboard import SummaryWriter
+
     from digitlab.config import TrainConfig
     from digitlab.engine.loop import Finished
 
@@ -27,7 +29,7 @@ def write(done: Finished) -> None:
         html.render_run_report(done.run_dir)
 
 
-def log_hparams(writer, cfg: TrainConfig, metrics: dict) -> None:
+def log_hparams(writer: SummaryWriter, cfg: TrainConfig, metrics: dict) -> None:
     """hparams so TensorBoard's HPARAMS tab lines up runs and trials side by side."""
     flat = {k: v for k, v in cfg.to_dict().items() if isinstance(v, (int, float, str, bool))}
     flat.update({f"model_args.{k}": str(v) for k, v in cfg.model_kwargs().items()})
