@@ -132,6 +132,21 @@ class Denoised:
     def __str__(self) -> str:
         return f"denoised 28x28; noise: {self.kind} (p={self.probability:.3f})" if self.kind else "denoised 28x28"
 
+    def save(self, path: str | Path, scale: int = 1) -> Path:
+        """An 8-bit grayscale PNG, white ink on black like MNIST, enlarged `scale` times; written atomically."""
+        from PIL import Image
+
+        from digitlab import io
+
+        arr = (np.clip(np.asarray(self.image, dtype=np.float32), 0, 1) * 255 + 0.5).astype(np.uint8)
+        if scale > 1:
+            arr = np.kron(arr, np.ones((scale, scale), dtype=np.uint8))
+        path = Path(path)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        with io.atomic_path(path) as tmp:
+            Image.fromarray(arr, mode="L").save(tmp, format="PNG")
+        return path
+
 
 class Denoiser(Model):
     task = "denoise"
@@ -230,3 +245,23 @@ def train(task: str, preset: str | None = None, out: str | Path | None = None, q
         out.mkdir(parents=True, exist_ok=True)
     path = loop.train(cfg, run_dir=out, quiet=quiet)
     return Run(path, runfolder.read_json_file(path / "config.json", "config"), runfolder.read_metrics(path))
+
+
+def evaluate(run: str | Path, split: str = "test", data_dir: str | None = None) -> dict:
+    """Re-measure a saved run on its "test" (or "val") split with the task's own metrics:
+    {"test_acc": ...}, also written to RUN/eval-SPLIT.json. `data_dir` overrides where the data is."""
+    from digitlab import config, io
+    from digitlab.engine import device as devices
+    from digitlab.tasks.base import get_task
+
+    run = Path(run)
+    cfg = runfolder.load_config(run)
+    if data_dir:
+        cfg = config.apply_overrides(cfg, {"data_dir": data_dir})
+    dev = devices.pick_device(cfg.device)
+    model, _ = runfolder.load_model(run, dev)
+    task = get_task(cfg.task)
+    task.setup(cfg, dev)
+    result = {f"{split}_{k}": v for k, v in task.evaluate(model, split).items()}
+    io.write_json(run / f"eval-{split}.json", result)
+    return result

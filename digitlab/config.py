@@ -8,7 +8,6 @@ The resolved config is saved as config.json in every run directory.
 from __future__ import annotations
 
 import dataclasses
-import json
 import re
 from dataclasses import dataclass, field
 from importlib import resources
@@ -66,7 +65,7 @@ class TrainConfig:
                                    # then what is evaluated and saved; 0 = off (e.g. 0.995)
     augment: dict = field(default_factory=dict)      # AugmentConfig fields
     task_args: dict = field(default_factory=dict)    # options only one task understands
-    # data split and selection (benchmarks.md: 55,000 / 5,000, seeded once)
+    # data split and selection (55,000 / 5,000 on MNIST, seeded once: every run validates on the same images)
     val_size: int = 5000
     split_seed: int = 0
     subset: float = 1.0            # fraction of the training split to use (quick studies)
@@ -349,7 +348,3 @@ def resolve(task: str, preset: str | None, overrides: dict) -> TrainConfig:
 
 
 DEFAULT_PRESETS = {"recognize": "recognize-fast", "denoise": "denoise-fast", "compare": "compare-small"}
-
-
-def to_json(cfg: TrainConfig) -> str:
-    return json.dumps(cfg.to_dict(), indent=2)

@@ -8,23 +8,12 @@ import torch
 from PIL import Image, ImageDraw
 
 import digitlab
-from digitlab import io as dio
-from digitlab.config import resolve
-from digitlab.engine import run as runs
 from digitlab.errors import DigitlabError
-from digitlab.models import registry
+from helpers import untrained_run
 
 
 def make_run(root, task: str, model: str, model_args: dict):
-    """A run folder with untrained, seeded weights: enough to check the plumbing."""
-    cfg = resolve(task, None, {"model": model, "model_args": model_args})
-    run = root / task
-    run.mkdir(parents=True)
-    torch.manual_seed(0)
-    dio.write_json(run / "config.json", cfg.to_dict())
-    runs.save_model(run, registry.create(cfg.model, **cfg.model_kwargs()).eval(), cfg)
-    dio.write_json(run / "metrics.json", {"test_acc": 0.5})
-    return run
+    return untrained_run(root / task, task, model, model_args, metrics={"test_acc": 0.5})
 
 
 @pytest.fixture(scope="module")

@@ -9,27 +9,18 @@ import numpy as np
 import pytest
 import torch
 
-from digitlab import io as dio
 from digitlab.cli import main
-from digitlab.config import resolve
-from digitlab.engine import run as runs
 from digitlab.errors import DigitlabError
 from digitlab.api import Recognizer
 from digitlab.models import registry
+from helpers import untrained_run
 
 onnx = pytest.importorskip("onnx")
 ort = pytest.importorskip("onnxruntime")
 
 
 def make_run(root: Path, task: str = "recognize", model: str = "digitnet", model_args=None) -> Path:
-    cfg = resolve(task, None, {"model": model, "model_args": model_args or {}})
-    run = root / task / "r"
-    run.mkdir(parents=True)
-    torch.manual_seed(0)
-    dio.write_json(run / "config.json", cfg.to_dict())
-    runs.save_model(run, registry.create(cfg.model, **cfg.model_kwargs()).eval(), cfg)
-    dio.write_json(run / "metrics.json", {"test_acc": 0.1})
-    return run
+    return untrained_run(root / task / "r", task, model, model_args, metrics={"test_acc": 0.1})
 
 
 @pytest.fixture

@@ -96,7 +96,7 @@ def test_fuzz_overrides_are_valid_or_one_clear_error(values):
     except DigitlabError as exc:
         assert exc.problem and exc.fix
         return
-    again = config.TrainConfig.from_dict(json.loads(config.to_json(cfg)))
+    again = config.TrainConfig.from_dict(json.loads(json.dumps(cfg.to_dict())))
     assert again == cfg
     assert math.isfinite(cfg.lr) and cfg.lr > 0 and isinstance(cfg.epochs, int)
 

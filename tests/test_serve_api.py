@@ -13,30 +13,21 @@ import pytest
 import torch
 from PIL import Image, ImageDraw
 
-from digitlab import io as dio
-from digitlab.config import resolve
 from digitlab.data.noise import NOISE_KINDS, apply_noise
 from digitlab.data.preprocess import from_array, prepare
-from digitlab.engine import run as runs
 from digitlab.api import Recognizer
-from digitlab.models import registry
 from digitlab.serve import inputs
 from digitlab.serve.app import create_app
 from digitlab.serve.models import Engine, newest_run
+from helpers import live_server as live_server_in_thread, untrained_run
 
 fastapi_testclient = pytest.importorskip("fastapi.testclient")
 
 
 def make_run(root: Path, name: str = "tiny", seed: int = 0) -> Path:
     """A recognition run with untrained (seeded) weights: enough to check the plumbing, in well under a second."""
-    cfg = resolve("recognize", None, {"model": "digitnet", "model_args": {"widths": [4, 8, 8]}})
-    run = root / "recognize" / name
-    run.mkdir(parents=True)
-    torch.manual_seed(seed)
-    dio.write_json(run / "config.json", cfg.to_dict())
-    runs.save_model(run, registry.create(cfg.model, **cfg.model_kwargs()).eval(), cfg)
-    dio.write_json(run / "metrics.json", {"test_acc": 0.1, "val_acc": 0.1})
-    return run
+    return untrained_run(root / "recognize" / name, model_args={"widths": [4, 8, 8]}, seed=seed,
+                         metrics={"test_acc": 0.1, "val_acc": 0.1})
 
 
 def png(img: Image.Image, fmt: str = "PNG") -> bytes:
@@ -368,29 +359,11 @@ def test_slow_body_times_out_with_408():
 @pytest.fixture
 def live_server(run_dir, monkeypatch):
     """The app under a real uvicorn server on loopback, in a thread (raw-socket tests need real HTTP)."""
-    import socket
-    import threading
-    import time
-
-    import uvicorn
-
     import digitlab.serve.app as app_module
 
     monkeypatch.setattr(app_module, "READ_TIMEOUT_S", 0.5)
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
-    server = uvicorn.Server(uvicorn.Config(create_app(recognize=run_dir, runs_root=run_dir / "none"),
-                                          host="127.0.0.1", port=port, log_level="error"))
-    thread = threading.Thread(target=server.run, daemon=True)
-    thread.start()
-    deadline = time.monotonic() + 20
-    while not server.started:
-        assert time.monotonic() < deadline, "uvicorn did not start"
-        time.sleep(0.05)
-    yield port
-    server.should_exit = True
-    thread.join(10)
+    with live_server_in_thread(create_app(recognize=run_dir, runs_root=run_dir / "none")) as port:
+        yield port
 
 
 def raw_request(port: int, head: bytes, body: bytes = b"", wait: float = 5.0) -> tuple[int, dict]:

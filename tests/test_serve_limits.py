@@ -10,23 +10,18 @@ import io
 import json
 import logging
 import socket
-import threading
 import time
 from pathlib import Path
 
 import pytest
-import torch
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from PIL import Image, ImageDraw
 
-from digitlab import io as dio
-from digitlab.config import resolve
 from digitlab.data import preprocess
-from digitlab.engine import run as runs
-from digitlab.models import registry
 from digitlab.serve import inputs, protocol
 from digitlab.serve.app import create_app
+from helpers import live_server, untrained_run
 
 fastapi_testclient = pytest.importorskip("fastapi.testclient")
 
@@ -34,13 +29,8 @@ fastapi_testclient = pytest.importorskip("fastapi.testclient")
 @pytest.fixture(scope="module")
 def run_dir(tmp_path_factory) -> Path:
     """An untrained tiny recognition run: the plumbing, not the accuracy, is under test."""
-    cfg = resolve("recognize", None, {"model": "digitnet", "model_args": {"widths": [4, 8, 8]}})
-    run = tmp_path_factory.mktemp("runs").resolve() / "recognize" / "tiny"
-    run.mkdir(parents=True)
-    torch.manual_seed(0)
-    dio.write_json(run / "config.json", cfg.to_dict())
-    runs.save_model(run, registry.create(cfg.model, **cfg.model_kwargs()).eval(), cfg)
-    return run
+    return untrained_run(tmp_path_factory.mktemp("runs").resolve() / "recognize" / "tiny",
+                         model_args={"widths": [4, 8, 8]})
 
 
 @pytest.fixture(scope="module")
@@ -171,23 +161,9 @@ def test_fuzz_json_never_crashes(client, body):
 
 @pytest.fixture
 def live(run_dir):
-    import uvicorn
-
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
     guarded = protocol.guarded_protocol(header_timeout=0.5, max_connections=20)
-    server = uvicorn.Server(uvicorn.Config(create_app(recognize=run_dir, runs_root=run_dir / "none"),
-                                          host="127.0.0.1", port=port, log_level="error", http=guarded))
-    thread = threading.Thread(target=server.run, daemon=True)
-    thread.start()
-    deadline = time.monotonic() + 20
-    while not server.started:
-        assert time.monotonic() < deadline, "uvicorn did not start"
-        time.sleep(0.05)
-    yield port
-    server.should_exit = True
-    thread.join(10)
+    with live_server(create_app(recognize=run_dir, runs_root=run_dir / "none"), http=guarded) as port:
+        yield port
 
 
 def closed_within(sock: socket.socket, seconds: float) -> bool:

@@ -1,4 +1,4 @@
-"""Pair-comparison protocol (benchmarks.md): accuracy at 0.5, ROC-AUC and EER on the fixed test
+"""Pair-comparison protocol: accuracy at 0.5, ROC-AUC and EER on the fixed test
 pairs of both protocols (small: 4,000 pairs of the cached 1,000-image test subset; full: 20,000
 pairs of all 10,000 test images), and 10-way one-shot accuracy from the embedding over seeded
 episodes drawn from the whole test set."""
@@ -45,11 +45,12 @@ def measure(run: Path, episodes: int = 1000, seed: int = 0) -> dict:
                                                 "task_args.test_pairs": None, "task_args.test_images": None}),
                    torch.device("cpu"))
         t0 = time.perf_counter()
-        m = task.evaluate(model, "test")
+        outputs = task.predict(model, "test")
+        m = task.score(outputs, "test")
         record[protocol] = {"pairs": len(task.eval_pairs["test"][2]), "images": len(task.splits["test"][1]),
                             **{k: m[k] for k in ("acc", "auc", "eer", "loss")},
                             "seconds": round(time.perf_counter() - t0, 3)}
-    emb, labels = task._last[1], task.splits["test"][1].cpu()  # full protocol: all 10,000 test images
+    emb, labels = outputs["emb"], task.splits["test"][1].cpu()  # full protocol: all 10,000 test images
 
     def head(q, s):  # (E,K,D) queries x supports -> (E,K,K) logits of the network's own head
         e, k, d = q.shape

@@ -1,4 +1,4 @@
-"""Denoising protocol (benchmarks.md): one frozen noisy test set, any method, the same metrics.
+"""Denoising protocol: one frozen noisy test set, any method, the same metrics.
 
 The set is the 10,000 MNIST test images noised once with a fixed seed by digitlab.data.noise; its
 SHA-256 is recorded in every JSON and checked against the known value, so two records are only

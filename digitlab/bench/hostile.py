@@ -22,7 +22,7 @@ import time
 
 import numpy as np
 
-from digitlab.bench.serve import _load_n, canvas_png, multipart
+from digitlab.bench.serve import load_n, canvas_png, multipart
 
 HEALTHZ = b"GET /healthz HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n"
 PARTIAL = b"GET /healthz HTTP/1.1\r\nHost: localhost\r\nX-Slow: "
@@ -42,7 +42,7 @@ def request_bytes(path: str, body: bytes, ctype: str) -> bytes:
 
 def burst(port: int, n: int, concurrency: int) -> dict:
     body, ctype = multipart(canvas_png())
-    return asyncio.run(_load_n(port, request_bytes("/api/recognize", body, ctype), n, concurrency))
+    return asyncio.run(load_n(port, request_bytes("/api/recognize", body, ctype), n, concurrency))
 
 
 # --- half-open ----------------------------------------------------------------------------------
@@ -162,7 +162,7 @@ def images(port: int, server_pid: int, concurrency: int, n: int) -> dict:
     side = int(MAX_PIXELS ** 0.5)
     per_request = MAX_REQUEST_PIXELS // (side * side)
     body, ctype = files_body([worst_image(side)] * per_request)
-    result = asyncio.run(_load_n(port, request_bytes("/api/recognize/files", body, ctype), n, concurrency))
+    result = asyncio.run(load_n(port, request_bytes("/api/recognize/files", body, ctype), n, concurrency))
     return {**result, "image": f"{side}x{side} RGBA PNG", "images_per_request": per_request,
             "body_bytes": len(body), "server_peak_rss_mb": _peak_rss_mb(server_pid)}
 

@@ -67,7 +67,7 @@ def measure_sets(n: int, data_dir=None) -> dict[str, "torch.Tensor"]:
 def logits_of(model, images: "torch.Tensor", batch: int = 1000) -> "torch.Tensor":
     import torch
 
-    from digitlab.tasks.recognize import to_float
+    from digitlab.tasks.base import to_float
 
     with torch.inference_mode():
         return torch.cat([model(to_float(images[i:i + batch])).float() for i in range(0, len(images), batch)])

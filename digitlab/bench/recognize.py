@@ -1,4 +1,4 @@
-"""Recognition protocol (benchmarks.md): whole `digitlab train` command timed per seed, test
+"""Recognition protocol: whole `digitlab train` command timed per seed, test
 accuracy mean/std/best over seeds; and inference speed of a trained model."""
 
 from __future__ import annotations

@@ -155,7 +155,7 @@ async def _load(port: int, request: bytes, concurrency: int, seconds: float, war
             "errors": len(errors) + len(warm_err), "error_samples": (errors + warm_err)[:5]}
 
 
-async def _load_n(port: int, request: bytes, n: int, concurrency: int, limit_s: float = 300) -> dict:
+async def load_n(port: int, request: bytes, n: int, concurrency: int, limit_s: float = 300) -> dict:
     """`n` requests from `concurrency` keep-alive callers at once (bounded by `limit_s` too)."""
     latencies, errors, left = [], [], [n]
     t0 = time.perf_counter()

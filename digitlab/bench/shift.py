@@ -90,7 +90,7 @@ def load_images(cfg, split: str, limit: int | None, data_dir: str | None) -> tup
     """The run config's test split, or its validation split exactly as training held it out
     (same val_size and split_seed): uint8 (N,28,28), labels."""
     from digitlab.data import mnist
-    from digitlab.tasks.recognize import split_indices
+    from digitlab.tasks.base import split_indices
 
     if limit is not None and limit < 1:
         raise DigitlabError(f"--limit must be a positive number of images, got {limit}",

@@ -1,4 +1,4 @@
-"""Training protocol for any task (benchmarks.md): the whole `digitlab train` command timed per
+"""Training protocol for any task: the whole `digitlab train` command timed per
 seed in a fresh process, and every test metric of the run summarised over seeds (mean, std, min,
 max). `digitlab bench recognize` is this protocol with the task fixed."""
 

@@ -2,18 +2,17 @@
 
 from __future__ import annotations
 
-import argparse
 import json
 from pathlib import Path
 
+from digitlab.commands.common import add_parser, split_run
+
 
 def register(sub) -> None:
-    p = sub.add_parser("compare", formatter_class=argparse.RawDescriptionHelpFormatter,
-                       help="probability that two images show the same digit",
-                       description="Both files get MNIST's preprocessing (see `digitlab predict`), then a siamese "
-                                   "network scores the pair: the shipped one, or the run folder given first.",
-                       epilog="examples:\n  digitlab compare a.png b.png\n"
-                              "  digitlab compare runs/compare/<run> a.png b.png --json")
+    p = add_parser(sub, "compare", help="probability that two images show the same digit",
+                   description="Both files get MNIST's preprocessing (see `digitlab predict`), then a siamese "
+                               "network scores the pair: the shipped one, or the run folder given first.",
+                   examples=["digitlab compare a.png b.png", "digitlab compare runs/compare/<run> a.png b.png --json"])
     p.add_argument("paths", type=Path, nargs="+", metavar="[RUN] A B",
                    help="optionally a comparison run folder (default: the shipped model), then two image files")
     p.add_argument("--threshold", type=float, default=0.5, help="decision threshold (default 0.5)")
@@ -23,7 +22,6 @@ def register(sub) -> None:
 
 def run(args) -> int:
     from digitlab import api, pretrained
-    from digitlab.commands.predict import split_run
     from digitlab.errors import DigitlabError
 
     run_dir, images = split_run(args.paths)

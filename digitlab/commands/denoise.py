@@ -2,22 +2,21 @@
 
 from __future__ import annotations
 
-import argparse
 import json
 from pathlib import Path
 
+from digitlab.commands.common import add_parser, split_run
 from digitlab.errors import DigitlabError
 
 
 def register(sub) -> None:
-    p = sub.add_parser("denoise", formatter_class=argparse.RawDescriptionHelpFormatter,
-                       help="denoise image files and name the noise kind",
-                       description="Reads each already noisy image as a whole (a light background is inverted, "
-                                   "the image area-resized to 28x28; no cropping, as noise would move the ink box), "
-                                   "then the model: the shipped one, or the run folder given first. Writes the "
-                                   "28x28 denoised image and prints the identified noise kind.",
-                       epilog="examples:\n  digitlab denoise noisy.png -o clean.png\n"
-                              "  digitlab denoise runs/denoise/<run> a.png b.png --out-dir cleaned/ --json")
+    p = add_parser(sub, "denoise", help="denoise image files and name the noise kind",
+                   description="Reads each already noisy image as a whole (a light background is inverted, the "
+                               "image area-resized to 28x28; no cropping, as noise would move the ink box), then "
+                               "the model: the shipped one, or the run folder given first. Writes the 28x28 "
+                               "denoised image and prints the identified noise kind.",
+                   examples=["digitlab denoise noisy.png -o clean.png",
+                             "digitlab denoise runs/denoise/<run> a.png b.png --out-dir cleaned/ --json"])
     p.add_argument("paths", type=Path, nargs="+", metavar="[RUN] IMAGE",
                    help="optionally a denoise run folder (default: the shipped model), then noisy image files")
     p.add_argument("-o", "--output", type=Path, help="output PNG (one input image)")
@@ -29,7 +28,6 @@ def register(sub) -> None:
 
 def run(args) -> int:
     from digitlab import api, pretrained
-    from digitlab.commands.predict import split_run
 
     run_dir, images = split_run(args.paths)
     if args.output and len(images) > 1:
@@ -39,7 +37,7 @@ def run(args) -> int:
     results = api.Denoiser(pretrained.resolve("denoise", run_dir)).denoise(images)
     for path, r in zip(images, results):
         out = args.output or (args.out_dir or path.parent) / f"{path.stem}.clean.png"
-        save_png(r.image, out, args.scale)
+        r.save(out, args.scale)
         if args.json:
             rec = {"image": str(path), "output": str(out)}
             if r.kind:
@@ -51,18 +49,3 @@ def run(args) -> int:
         else:
             print(f"{path}: denoised (this model names no noise kind) -> {out}")
     return 0
-
-
-def save_png(image, path: Path, scale: int = 1) -> None:
-    """(28,28) float in [0,1] -> 8-bit grayscale PNG, white ink on black like MNIST; written atomically."""
-    import numpy as np
-    from PIL import Image
-
-    from digitlab import io
-
-    arr = (np.clip(np.asarray(image, dtype=np.float32), 0, 1) * 255 + 0.5).astype(np.uint8)
-    if scale > 1:
-        arr = np.kron(arr, np.ones((scale, scale), dtype=np.uint8))
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with io.atomic_path(path) as tmp:
-        Image.fromarray(arr, mode="L").save(tmp, format="PNG")

@@ -17,23 +17,11 @@ def register(sub) -> None:
 
 
 def run(args) -> int:
-    from digitlab import io
-    from digitlab.config import apply_overrides
-    from digitlab.engine import device as devices
-    from digitlab.engine import run as runs
-    from digitlab.tasks.base import get_task
+    from digitlab import api
+    from digitlab.runfolder import read_metrics
 
-    cfg = runs.load_config(args.run)
-    if args.data_dir:
-        cfg = apply_overrides(cfg, {"data_dir": args.data_dir})
-    dev = devices.pick_device(cfg.device)
-    model, _ = runs.load_model(args.run, dev)
-    task = get_task(cfg.task)
-    task.setup(cfg, dev)
-    measured = task.evaluate(model, args.split)
-    stored = runs.read_metrics(args.run)
-    result = {f"{args.split}_{k}": v for k, v in measured.items()}
-    io.write_json(args.run / f"eval-{args.split}.json", result)
+    stored = read_metrics(args.run)  # a damaged metrics.json stops before measuring
+    result = api.evaluate(args.run, args.split, args.data_dir)
     if args.json:
         print(json.dumps(result))
         return 0

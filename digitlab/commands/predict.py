@@ -2,36 +2,24 @@
 
 from __future__ import annotations
 
-import argparse
 import json
 from pathlib import Path
 
+from digitlab.commands.common import add_parser, split_run
+
 
 def register(sub) -> None:
-    p = sub.add_parser("predict", formatter_class=argparse.RawDescriptionHelpFormatter,
-                       help="recognise the digit in image files (PNG, JPEG, ...)",
-                       description="Applies MNIST's preprocessing (grayscale, invert a light background, "
-                                   "crop to the ink, fit 20x20, centre by mass in 28x28), then the model: the "
-                                   "shipped one, or the run folder given first. Unsure answers say so "
-                                   "(\"not sure: 1 or 7?\", \"not a digit\").",
-                       epilog="examples:\n  digitlab predict my_digit.png\n"
-                              "  digitlab predict runs/recognize/<run> a.png b.jpg --json")
+    p = add_parser(sub, "predict", help="recognise the digit in image files (PNG, JPEG, ...)",
+                   description="Applies MNIST's preprocessing (grayscale, invert a light background, crop to the "
+                               "ink, fit 20x20, centre by mass in 28x28), then the model: the shipped one, or the "
+                               "run folder given first. Unsure answers say so (\"not sure: 1 or 7?\", \"not a digit\").",
+                   examples=["digitlab predict my_digit.png", "digitlab predict runs/recognize/<run> a.png b.jpg --json"])
     p.add_argument("paths", type=Path, nargs="+", metavar="[RUN] IMAGE",
                    help="optionally a recognition run folder (default: the shipped model), then image files")
     p.add_argument("--json", action="store_true", help="print one JSON object per image")
     p.add_argument("--save-input", type=Path, metavar="PNG",
                    help="also save the 28x28 images the model saw (a grid) to this PNG")
     p.set_defaults(func=run)
-
-
-def split_run(paths: list[Path]) -> tuple[Path | None, list[Path]]:
-    """A leading directory is the run folder; the rest are inputs."""
-    from digitlab.errors import DigitlabError
-
-    run, rest = (paths[0], paths[1:]) if paths[0].is_dir() else (None, paths)
-    if not rest:
-        raise DigitlabError("no image files given", "name one or more image files after the run folder")
-    return run, rest
 
 
 def run(args) -> int:

@@ -2,28 +2,26 @@
 
 from __future__ import annotations
 
-import argparse
 import time
 from pathlib import Path
 
 from digitlab import config
+from digitlab.commands.common import add_parser
 from digitlab.errors import DigitlabError
 from digitlab.extras import require
 
 
 def register(sub) -> None:
-    p = sub.add_parser(
-        "study", help="run a study (grid of settings x seeds) and write its report",
+    p = add_parser(
+        sub, "study", help="run a study (grid of settings x seeds) and write its report",
         description="Run every trial of a study file through an Optuna study stored in a database "
                     "(STUDY/optuna.db by default), then write STUDY/report.html and report.md. "
                     "Rerunning resumes: finished trials are kept, dead ones are redone.",
-        formatter_class=argparse.RawDescriptionHelpFormatter,
-        epilog="examples:\n"
-               "  digitlab study configs/studies/r2-optimizer.yaml --quick\n"
-               "  digitlab study configs/studies/r2-activation.yaml --epochs 5 --workers 2\n"
-               "  digitlab study configs/studies/r2-optimizer.yaml --seeds 0            # one seed of each setting\n"
-               "  digitlab study configs/studies/r1-skip.yaml --storage postgresql://user@host/db   # many machines\n"
-               "  tensorboard --logdir runs/studies/r2-optimizer     # every trial with its hparams")
+        examples=["digitlab study configs/studies/r2-optimizer.yaml --quick",
+                  "digitlab study configs/studies/r2-activation.yaml --epochs 5 --workers 2",
+                  "digitlab study configs/studies/r2-optimizer.yaml --seeds 0            # one seed of each setting",
+                  "digitlab study configs/studies/r1-skip.yaml --storage postgresql://user@host/db   # many machines",
+                  "tensorboard --logdir runs/studies/r2-optimizer     # every trial with its hparams"])
     p.add_argument("file", type=Path, help="study YAML (configs/studies/NAME.yaml)")
     p.add_argument("--epochs", type=int, help="override the epochs of every trial")
     p.add_argument("--subset", type=float, help="fraction of the training split for every trial")

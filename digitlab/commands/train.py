@@ -2,25 +2,23 @@
 
 from __future__ import annotations
 
-import argparse
 import os
 from pathlib import Path
 
 from digitlab import config
+from digitlab.commands.common import add_parser
 from digitlab.errors import DigitlabError
 
 
 def register(sub) -> None:
-    p = sub.add_parser(
-        "train", help="train a model (recognize, denoise or compare)",
+    p = add_parser(
+        sub, "train", help="train a model (recognize, denoise or compare)",
         description="Train a model. Settings come from the preset, then --model/--epochs/..., then --set.",
-        formatter_class=argparse.RawDescriptionHelpFormatter,
-        epilog="examples:\n"
-               "  digitlab train recognize\n"
-               "  digitlab train recognize --preset recognize-best --seed 1\n"
-               "  digitlab train recognize --model cnn_r3 --set optimizer=adam lr=5e-4 epochs=30\n"
-               "  digitlab train --resume runs/recognize/20261123-101500-digitnet-s0\n"
-               "  torchrun --nproc_per_node 2 -m digitlab train recognize   # data-parallel (DDP)")
+        examples=["digitlab train recognize",
+                  "digitlab train recognize --preset recognize-best --seed 1",
+                  "digitlab train recognize --model cnn_r3 --set optimizer=adam lr=5e-4 epochs=30",
+                  "digitlab train --resume runs/recognize/20261123-101500-digitnet-s0",
+                  "torchrun --nproc_per_node 2 -m digitlab train recognize   # data-parallel (DDP)"])
     p.add_argument("task", nargs="?", choices=config.TASKS, help="what to train")
     p.add_argument("--preset", help=f"preset name or YAML path (default per task: {config.DEFAULT_PRESETS})")
     p.add_argument("--model", help="model name (see `digitlab train --list-models`)")

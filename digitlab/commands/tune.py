@@ -2,23 +2,21 @@
 
 from __future__ import annotations
 
-import argparse
 from pathlib import Path
 
 from digitlab import config
+from digitlab.commands.common import add_parser
 
 
 def register(sub) -> None:
-    p = sub.add_parser(
-        "tune", help="search hyper-parameters (Optuna TPE + median pruning)",
+    p = add_parser(
+        sub, "tune", help="search hyper-parameters (Optuna TPE + median pruning)",
         description="Search a space of settings with Optuna's TPE sampler; trials that fall below the "
                     "median validation curve are pruned. Stored in TUNE/optuna.db (or --storage), so "
                     "rerunning continues the search and several processes/machines can share it.",
-        formatter_class=argparse.RawDescriptionHelpFormatter,
-        epilog="examples:\n"
-               "  digitlab tune --space configs/spaces/recognize-digitnet.yaml --trials 20\n"
-               "  digitlab tune --preset recognize-fast --space configs/spaces/recognize-digitnet.yaml "
-               "--trials 8 --epochs 2 --subset 0.2")
+        examples=["digitlab tune --space configs/spaces/recognize-digitnet.yaml --trials 20",
+                  "digitlab tune --preset recognize-fast --space configs/spaces/recognize-digitnet.yaml "
+                  "--trials 8 --epochs 2 --subset 0.2"])
     p.add_argument("--space", type=Path, required=True, help="space YAML (configs/spaces/NAME.yaml)")
     p.add_argument("--preset", help="preset for the fixed settings (default: the space file's)")
     p.add_argument("--trials", type=int, default=20, help="total finished trials wanted (default 20)")

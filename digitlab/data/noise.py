@@ -1,4 +1,4 @@
-"""The six noise kinds of the denoising benchmark (design/benchmarks.md), applied to whole batches.
+"""The six noise kinds of the denoising benchmark (`digitlab bench denoise`), applied to whole batches.
 
 Each image carries one kind at its own strength s in [0, 1]:
 

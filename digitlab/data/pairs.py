@@ -1,6 +1,6 @@
 """Pairs of digits for the comparison task: cached subsets, balanced pair sampling, fixed eval pairs.
 
-R5's small-data protocol (benchmarks.md) trains on 10% of the data. The subset's indices are
+R5's small-data protocol (docs/reproduction.md) trains on 10% of the data. The subset's indices are
 drawn once from a seed and cached as JSON under `cache_dir()/subsets/`, so every run, on every
 machine, uses the same images. Training pairs are drawn on the fly with tensor ops from a
 torch.Generator (no per-pair Python loop); evaluation pairs are fixed by a seed.

@@ -1,4 +1,4 @@
-"""Plain convolutional classifiers: R3's small CNN and digitlab's own DigitNet."""
+"""Plain convolutional classifiers: R3's small CNN (docs/reproduction.md) and digitlab's own DigitNet."""
 
 from __future__ import annotations
 

@@ -18,7 +18,7 @@ ACTIVATIONS = {
     "tanh": nn.Tanh,
 }
 
-# MNIST training-set statistics (R4); models normalise inside so every caller passes [0, 1] pixels.
+# MNIST training-set statistics (as R4 uses them); models normalise inside so every caller passes [0, 1] pixels.
 MNIST_MEAN, MNIST_STD = 0.1307, 0.3081
 
 

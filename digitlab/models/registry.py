@@ -29,18 +29,16 @@ def list_models(task: str | None = None) -> list[str]:
     return sorted(n for n, (t, _) in _MODELS.items() if task is None or t == task)
 
 
-def task_of(name: str) -> str:
-    _load_all()
-    return _MODELS[name][0]
-
-
-def create(name: str, **model_args) -> nn.Module:
+def create(name: str, task: str | None = None, **model_args) -> nn.Module:
+    """Build model `name` from its arguments; with `task`, it must be one of that task's models."""
     _load_all()
     if name not in _MODELS:
         raise DigitlabError(
             f"unknown model {name!r}",
             f"choose one of: {', '.join(list_models())}",
         )
+    if task is not None and _MODELS[name][0] != task:
+        raise DigitlabError(f"model {name!r} is not a {task} model", f"use one of: {', '.join(list_models(task))}")
     try:
         return _MODELS[name][1](**model_args)
     except TypeError as exc:

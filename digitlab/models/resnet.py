@@ -1,4 +1,4 @@
-"""The two residual networks of the reports: R2's Keras-style ResNet and R4's wide ResNet."""
+"""The two residual networks of the reports (docs/reproduction.md): R2's Keras-style ResNet and R4's wide ResNet."""
 
 from __future__ import annotations
 

@@ -1,6 +1,6 @@
 """Siamese networks for "do these two images show the same digit?".
 
-Both share the structure of R5: one encoder embeds each image; a head reads the symmetric
+Both share the structure of R5 (docs/reproduction.md): one encoder embeds each image; a head reads the symmetric
 features [|e1 - e2|, e1 * e2], so swapping the inputs cannot change the output. Every model has
 `embed(x) -> (B, D)` (used for one-shot classification and the PCA map) and
 `forward(a, b) -> (B,) logit`.

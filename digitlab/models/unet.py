@@ -1,4 +1,4 @@
-"""Denoising models: R1's U-Net (with the knobs its studies turned) and digitlab's own denoiser.
+"""Denoising models: R1's U-Net (docs/reproduction.md; with the knobs its studies turned) and digitlab's own denoiser.
 
 Every denoise model maps noisy (B,1,28,28) in [0,1] to `(clean (B,1,28,28) in [0,1], kind_logits (B,6))`.
 R1's report asks the model to say which noise it saw, but its U-Net has no output for that; `unet_r1`

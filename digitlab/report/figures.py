@@ -43,14 +43,14 @@ PRETTY_NAMES = {
 # --------------------------------------------------------------------------- helpers
 
 
-def _new_figure(width: float, height: float) -> Figure:
+def new_figure(width: float, height: float) -> Figure:
     """A pyplot-free figure with its own Agg canvas, so threads never share state."""
     fig = Figure(figsize=(width, height), layout="constrained")
     FigureCanvasAgg(fig)
     return fig
 
 
-def _save(fig: Figure, path: str | os.PathLike, dpi: int = DPI) -> Path:
+def save_figure(fig: Figure, path: str | os.PathLike, dpi: int = DPI) -> Path:
     """Write the PNG atomically: a failed draw leaves neither the target nor a temp file."""
     path = Path(path)
     with atomic_path(path) as tmp:
@@ -104,7 +104,7 @@ def history_metrics(history: Sequence[Mapping[str, Any]]) -> list[str]:
     return sorted(names, key=lambda n: (n != "loss", names.index(n)))
 
 
-def _style_axes(ax, xlabel: str | None = None, ylabel: str | None = None, title: str | None = None) -> None:
+def style_axes(ax, xlabel: str | None = None, ylabel: str | None = None, title: str | None = None) -> None:
     if title:
         ax.set_title(title)
     if xlabel:
@@ -152,13 +152,13 @@ def _blank_axes(ax) -> None:
 
 def _empty_figure(path: str | os.PathLike, message: str, title: str | None) -> Path:
     """A small placeholder, e.g. 'no misclassified digits': a perfect model is not an error."""
-    fig = _new_figure(4.0, 1.6)
+    fig = new_figure(4.0, 1.6)
     ax = fig.add_subplot()
     _blank_axes(ax)
     ax.text(0.5, 0.5, message, ha="center", va="center", fontsize=11, color="0.35")
     if title:
         fig.suptitle(title)
-    return _save(fig, path)
+    return save_figure(fig, path)
 
 
 # --------------------------------------------------------------------------- training curves
@@ -181,7 +181,7 @@ def plot_history(
     ncols = min(3, max(1, len(metrics)))
     nrows = math.ceil(len(metrics) / ncols)
     ratios = [3.0] * nrows + ([1.2] if has_lr else [])
-    fig = _new_figure(4.3 * ncols + 0.4, 3.1 * nrows + (1.5 if has_lr else 0) + (0.4 if title else 0))
+    fig = new_figure(4.3 * ncols + 0.4, 3.1 * nrows + (1.5 if has_lr else 0) + (0.4 if title else 0))
     grid = fig.add_gridspec(len(ratios), ncols, height_ratios=ratios)
     for i, name in enumerate(metrics):
         _draw_metric_panel(fig.add_subplot(grid[i // ncols, i % ncols]), history, name, best_epoch)
@@ -189,7 +189,7 @@ def plot_history(
         _draw_lr_panel(fig.add_subplot(grid[-1, :]), history)
     if title:
         fig.suptitle(title, fontsize=13)
-    return _save(fig, path)
+    return save_figure(fig, path)
 
 
 def _draw_metric_panel(ax, history, name: str, best_epoch: int | None) -> None:
@@ -207,7 +207,7 @@ def _draw_metric_panel(ax, history, name: str, best_epoch: int | None) -> None:
     if best_epoch is not None:
         ax.axvline(best_epoch, color="0.5", linestyle=":", linewidth=1, label=f"best epoch ({best_epoch})")
     label = pretty_metric(name) + (" (%)" if percent else "")
-    _style_axes(ax, "epoch", label, pretty_metric(name))
+    style_axes(ax, "epoch", label, pretty_metric(name))
     ax.xaxis.set_major_locator(MaxNLocator(integer=True))
     ax.legend(fontsize=8)
 
@@ -218,7 +218,7 @@ def _draw_lr_panel(ax, history) -> None:
     positive = y[np.isfinite(y) & (y > 0)]
     if positive.size and positive.max() / positive.min() > 20:
         ax.set_yscale("log")  # step and cosine schedules span decades
-    _style_axes(ax, "epoch", "learning rate", "learning rate")
+    style_axes(ax, "epoch", "learning rate", "learning rate")
     ax.xaxis.set_major_locator(MaxNLocator(integer=True))
     if ax.get_yscale() == "linear":
         ax.ticklabel_format(axis="y", style="sci", scilimits=(-2, 3))
@@ -244,7 +244,7 @@ def plot_overlaid_curves(
         y for curves in found.values() for _, _, y in curves
     )
     scale = 100.0 if percent else 1.0
-    fig = _new_figure(7.5, 4.6)
+    fig = new_figure(7.5, 4.6)
     ax = fig.add_subplot()
     handles = []
     for i, (label, curves) in enumerate(found.items()):
@@ -259,10 +259,10 @@ def plot_overlaid_curves(
         Line2D([], [], color="0.3", linestyle=VAL_STYLE, label="val"),
     ]
     ylabel = pretty_metric(metric) + (" (%)" if percent else "")
-    _style_axes(ax, "epoch", ylabel, title or f"{pretty_metric(metric)}: train (solid) vs val (dashed)")
+    style_axes(ax, "epoch", ylabel, title or f"{pretty_metric(metric)}: train (solid) vs val (dashed)")
     ax.xaxis.set_major_locator(MaxNLocator(integer=True))
     ax.legend(handles=handles, fontsize=8, loc="best")
-    return _save(fig, path)
+    return save_figure(fig, path)
 
 
 # --------------------------------------------------------------------------- classification
@@ -284,7 +284,7 @@ def plot_confusion(
     row_sums = counts.sum(axis=1, keepdims=True).astype(float)
     shares = np.divide(counts, row_sums, out=np.zeros(counts.shape, dtype=float), where=row_sums > 0)
     size = max(4.5, 0.55 * k + 2.0)
-    fig = _new_figure(size + 1.0, size)
+    fig = new_figure(size + 1.0, size)
     ax = fig.add_subplot()
     image = ax.imshow(shares, cmap=colormaps["Blues"], vmin=0.0, vmax=1.0)
     fontsize = max(5, min(10, int(120 / max(k, 1))))
@@ -299,7 +299,7 @@ def plot_confusion(
     ax.set_ylabel("true")
     ax.set_title(title)
     fig.colorbar(image, ax=ax, shrink=0.8, label="share of true class")
-    return _save(fig, path)
+    return save_figure(fig, path)
 
 
 def plot_per_class(
@@ -318,7 +318,7 @@ def plot_per_class(
     if percent is None:
         percent = is_accuracy(ylabel) and _as_fractions_to_percent([vals])
     shown = vals * (100.0 if percent else 1.0)
-    fig = _new_figure(max(5.5, 0.6 * vals.size + 1.5), 4.0)
+    fig = new_figure(max(5.5, 0.6 * vals.size + 1.5), 4.0)
     ax = fig.add_subplot()
     heights = np.nan_to_num(shown, nan=0.0)
     bars = ax.bar(range(vals.size), heights, color="C0", edgecolor="white", zorder=2)
@@ -328,9 +328,9 @@ def plot_per_class(
                     textcoords="offset points", ha="center", va="bottom", fontsize=8)
     ax.set_ylim(*_zoomed_ylim(shown, cap=100.0 if percent else None))
     ax.set_xticks(range(vals.size), names)
-    _style_axes(ax, "class", ylabel + (" (%)" if percent else ""), title)
+    style_axes(ax, "class", ylabel + (" (%)" if percent else ""), title)
     ax.grid(False, axis="x")
-    return _save(fig, path)
+    return save_figure(fig, path)
 
 
 def _zoomed_ylim(values: np.ndarray, cap: float | None) -> tuple[float, float]:
@@ -352,16 +352,16 @@ def _zoomed_ylim(values: np.ndarray, cap: float | None) -> tuple[float, float]:
 def plot_roc(fpr: Sequence[float], tpr: Sequence[float], auc: float, path: str | os.PathLike,
              title: str = "ROC curve") -> Path:
     """ROC with the chance diagonal for reference."""
-    fig = _new_figure(5.0, 5.0)
+    fig = new_figure(5.0, 5.0)
     ax = fig.add_subplot()
     ax.plot(fpr, tpr, color="C0", linewidth=2, label=f"AUC = {float(auc):.4f}")
     ax.plot([0, 1], [0, 1], color="0.6", linestyle="--", linewidth=1, label="chance")
     ax.set_xlim(0, 1)
     ax.set_ylim(0, 1.01)
     ax.set_aspect("equal")
-    _style_axes(ax, "false positive rate", "true positive rate", title)
+    style_axes(ax, "false positive rate", "true positive rate", title)
     ax.legend(loc="lower right")
-    return _save(fig, path)
+    return save_figure(fig, path)
 
 
 def plot_embedding_2d(points: Any, labels: Any, path: str | os.PathLike,
@@ -372,7 +372,7 @@ def plot_embedding_2d(points: Any, labels: Any, path: str | os.PathLike,
     if pts.ndim != 2 or pts.shape[1] != 2 or pts.shape[0] != labs.shape[0]:
         raise DigitlabError(f"embedding needs points (N, 2) and labels (N,), got {pts.shape} and {labs.shape}",
                             "project to two dimensions first and pass one label per point")
-    fig = _new_figure(6.4, 5.6)
+    fig = new_figure(6.4, 5.6)
     ax = fig.add_subplot()
     classes = np.unique(labs)
     cmap = colormaps["tab10" if classes.size <= 10 else "tab20"]
@@ -381,10 +381,10 @@ def plot_embedding_2d(points: Any, labels: Any, path: str | os.PathLike,
         mask = labs == cls
         ax.scatter(pts[mask, 0], pts[mask, 1], s=size, alpha=0.7, color=cmap(i % cmap.N),
                    label=str(cls), linewidths=0, rasterized=True)
-    _style_axes(ax, "dimension 1", "dimension 2", title)
+    style_axes(ax, "dimension 1", "dimension 2", title)
     ax.legend(title="class", markerscale=2.5 if size < 10 else 1.2, fontsize=8,
               loc="center left", bbox_to_anchor=(1.0, 0.5))
-    return _save(fig, path)
+    return save_figure(fig, path)
 
 
 # --------------------------------------------------------------------------- images
@@ -409,7 +409,7 @@ def plot_image_grid(
         return _empty_figure(path, "no images to show", suptitle)
     ncols = max(1, min(ncols, n))
     nrows = math.ceil(n / ncols)
-    fig = _new_figure(1.45 * ncols, 1.6 * nrows + (0.4 if suptitle else 0))
+    fig = new_figure(1.45 * ncols, 1.6 * nrows + (0.4 if suptitle else 0))
     vmin, vmax = _display_range(imgs)
     for i in range(n):
         ax = fig.add_subplot(nrows, ncols, i + 1)
@@ -419,7 +419,7 @@ def plot_image_grid(
         ax.axis("off")
     if suptitle:
         fig.suptitle(suptitle, fontsize=12)
-    return _save(fig, path)
+    return save_figure(fig, path)
 
 
 def plot_image_rows(
@@ -434,7 +434,7 @@ def plot_image_rows(
     if ncols == 0:
         return _empty_figure(path, "no images to show", suptitle)
     nrows = len(stacks)
-    fig = _new_figure(1.3 * ncols + 0.9, 1.35 * nrows + (0.3 if col_titles else 0) + (0.4 if suptitle else 0))
+    fig = new_figure(1.3 * ncols + 0.9, 1.35 * nrows + (0.3 if col_titles else 0) + (0.4 if suptitle else 0))
     for r, (label, imgs) in enumerate(stacks):
         vmin, vmax = _display_range(imgs)
         for c in range(ncols):
@@ -448,7 +448,7 @@ def plot_image_rows(
                 ax.set_title(str(col_titles[c]), fontsize=8)
     if suptitle:
         fig.suptitle(suptitle, fontsize=12)
-    return _save(fig, path)
+    return save_figure(fig, path)
 
 
 def plot_heatmap(array: Any, path: str | os.PathLike, title: str, colorbar_label: str) -> Path:
@@ -456,13 +456,13 @@ def plot_heatmap(array: Any, path: str | os.PathLike, title: str, colorbar_label
     data = np.asarray(array, dtype=float)
     if data.ndim != 2:
         raise DigitlabError(f"heatmap needs a 2-D array, got shape {data.shape}", "pass an (H, W) array")
-    fig = _new_figure(5.2, 4.4)
+    fig = new_figure(5.2, 4.4)
     ax = fig.add_subplot()
     image = ax.imshow(data, cmap=colormaps["magma"], interpolation="nearest")
-    _style_axes(ax, "x (pixel)", "y (pixel)", title)
+    style_axes(ax, "x (pixel)", "y (pixel)", title)
     ax.grid(False)
     fig.colorbar(image, ax=ax, shrink=0.85, label=colorbar_label)
-    return _save(fig, path)
+    return save_figure(fig, path)
 
 
 # --------------------------------------------------------------------------- run directories

@@ -28,12 +28,15 @@ from __future__ import annotations
 
 import logging
 import resource
+import socket
 import time
 from collections import OrderedDict
 from itertools import islice
 
 import h11
 from uvicorn.protocols.http.h11_impl import H11Protocol
+
+from digitlab.errors import DigitlabError
 
 log = logging.getLogger("digitlab.serve")
 
@@ -189,3 +192,34 @@ def limit_malloc_arenas(arenas: int = 2) -> bool:
         return bool(libc and libc.mallopt(-8, arenas) == 1)
     except (OSError, AttributeError):
         return False
+
+
+def check_port(host: str, port: int) -> None:
+    """Fail before loading models if the address is taken, with a fix (uvicorn would only log it)."""
+    try:
+        with socket.create_server((host, port)):
+            pass
+    except OSError as exc:
+        raise DigitlabError(f"cannot listen on {host}:{port}: {exc.strerror or exc}",
+                            "pick another port with --port, or stop the program using it") from None
+
+
+def uvicorn_options(host: str, port: int, max_connections: int, header_timeout: float,
+                    access_log: bool) -> tuple[dict, str | None]:
+    """uvicorn.run's settings with this module's limits, and a note when the connection cap had to be
+    lowered to fit the open-files limit. Also quiets the per-connection logs and malloc's arenas."""
+    if max_connections < 1 or not 0 < header_timeout <= 600:
+        raise DigitlabError(f"--max-connections {max_connections} / --header-timeout {header_timeout}",
+                            "use at least 1 connection and a header timeout in (0, 600] seconds")
+    fds = raise_fd_limit()
+    # Up to 2x the cap can be open briefly, plus a few accept batches of `backlog` sockets each.
+    backlog = max(64, min(2048, fds // 8))
+    cap = max(1, min(max_connections, (fds - 4 * backlog - 100) // 2))
+    note = None
+    if cap < max_connections:
+        note = f"note: --max-connections lowered to {cap} to fit the open-files limit ({fds}; raise `ulimit -n`)"
+    quiet_logs()
+    limit_malloc_arenas()
+    return {"host": host, "port": port, "log_level": "warning", "access_log": access_log,
+            "http": guarded_protocol(header_timeout, cap),
+            "timeout_keep_alive": 5, "backlog": backlog, "h11_max_incomplete_event_size": 16 * 1024}, note

@@ -195,7 +195,7 @@ def _per_class_figure(rows: list[dict], path: Path) -> Path | None:
     rows = [r for r in rows if r["per_class"]]
     if not rows:
         return None
-    fig = figures._new_figure(7.5, 4.2)
+    fig = figures.new_figure(7.5, 4.2)
     ax = fig.add_subplot()
     k = len(rows[0]["per_class"])
     width = 0.8 / len(rows)
@@ -205,9 +205,9 @@ def _per_class_figure(rows: list[dict], path: Path) -> Path | None:
     low = min(min(r["per_class"]) for r in rows) * 100
     ax.set_ylim(max(0.0, low - 0.15 * (100 - low) - 0.5), 100.0)
     ax.set_xticks(range(k), [str(c) for c in range(k)])
-    figures._style_axes(ax, "class", "test accuracy (%)", "Test accuracy per class")
+    figures.style_axes(ax, "class", "test accuracy (%)", "Test accuracy per class")
     ax.legend(fontsize=8, ncols=min(4, len(rows)))
-    return figures._save(fig, path)
+    return figures.save_figure(fig, path)
 
 
 def _figures(groups, rows, metric, folder: Path) -> list[tuple[Path, str]]:

@@ -1,6 +1,6 @@
 """Pair comparison: two images in, one logit "same digit?" out; BCE, accuracy, ROC-AUC, EER.
 
-Protocols (benchmarks.md):
+Protocols (the reports R1-R5: docs/reproduction.md):
   small  R5's: 6,000 training images (from the 55,000 recognition train split), 1,000 test
          images, each chosen once by `subset_seed` and cached; 4,000 fixed test pairs.
   full   all 55,000 training images; 20,000 fixed test pairs from the 10,000 test images.
@@ -29,11 +29,10 @@ import torch.nn.functional as F
 
 from digitlab.config import TrainConfig
 from digitlab.data import mnist
-from digitlab.data.augment import AugmentConfig, augment
+from digitlab.data.augment import augment
 from digitlab.data.pairs import PairSampler, cached_subset, fixed_pairs
 from digitlab.errors import DigitlabError
-from digitlab.models import registry
-from digitlab.tasks.recognize import split_indices, to_float
+from digitlab.tasks.base import Outputs, TaskBase, augmentation, merge_task_args, split_indices, to_float
 
 PROTOCOLS = {
     "small": {"train_images": 6000, "val_images": 1000, "test_images": 1000, "val_pairs": 4000, "test_pairs": 4000},
@@ -46,11 +45,8 @@ TASK_ARGS = {"protocol": "small", "pairs_per_epoch": 12000, "subset_seed": 0, "p
 
 def task_options(cfg: TrainConfig) -> dict:
     """task_args with the protocol's sizes filled in; unknown keys are an error."""
-    unknown = set(cfg.task_args) - set(TASK_ARGS)
-    if unknown:
-        raise DigitlabError(f"unknown compare task_args {sorted(unknown)}",
-                            f"use task_args.KEY with KEY in: {', '.join(TASK_ARGS)}")
-    opts = {**TASK_ARGS, **{k: v for k, v in cfg.task_args.items() if v is not None}}
+    given = merge_task_args(cfg, TASK_ARGS)
+    opts = {k: TASK_ARGS[k] if v is None else v for k, v in given.items()}
     if opts["protocol"] not in PROTOCOLS:
         raise DigitlabError(f"unknown protocol {opts['protocol']!r}", "use --protocol small or --protocol full")
     for key, value in PROTOCOLS[opts["protocol"]].items():
@@ -77,33 +73,23 @@ def load_pair_splits(cfg: TrainConfig, opts: dict) -> dict[str, tuple[torch.Tens
     return out
 
 
-class CompareTask:
+class CompareTask(TaskBase):
     name = "compare"
     primary_metric = "acc"
-    primary_mode = "max"
 
     def setup(self, cfg: TrainConfig, device: torch.device) -> None:
-        self.cfg, self.device = cfg, device
         self.opts = task_options(cfg)
+        self.cfg, self.device = cfg, device
         self.splits = {k: (x.to(device), y.to(device)) for k, (x, y) in load_pair_splits(cfg, self.opts).items()}
         self.sampler = PairSampler(self.splits["train"][1])
         self.eval_pairs = {split: fixed_pairs(self.splits[split][1], self.opts[f"{split}_pairs"],
                                               self.opts["pair_seed"] + (0 if split == "test" else 1))
                            for split in ("val", "test")}
-        self.augment_cfg = AugmentConfig(**cfg.augment) if cfg.augment else None
-        if self.augment_cfg is not None and not self.augment_cfg.enabled():
-            self.augment_cfg = None
-        self._last = (None,)
+        self.augment_cfg = augmentation(cfg)
 
     @property
     def train_size(self) -> int:
         return int(self.opts["pairs_per_epoch"])
-
-    def build_model(self, cfg: TrainConfig) -> nn.Module:
-        if cfg.model not in registry.list_models("compare"):
-            raise DigitlabError(f"model {cfg.model!r} is not a comparison model",
-                                f"use one of: {', '.join(registry.list_models('compare'))}")
-        return registry.create(cfg.model, **cfg.model_kwargs())
 
     def example_input(self) -> tuple[torch.Tensor, torch.Tensor]:
         return torch.zeros(1, 1, 28, 28), torch.zeros(1, 1, 28, 28)
@@ -157,29 +143,30 @@ class CompareTask:
         return torch.cat([model.embed(to_float(images[i:i + step])).float() for i in range(0, len(images), step)])
 
     @torch.inference_mode()
-    def evaluate(self, model: nn.Module, split: str) -> dict:
-        """Each image is embedded once; the head then scores the fixed pairs from the table."""
+    def predict(self, model: nn.Module, split: str) -> Outputs:
+        """Each image is embedded once; the head then scores the fixed pairs from the table.
+        {"emb" (N,D) on the CPU, "logits" (P,) on the device, "probs" (P,) on the CPU}."""
         was_training = model.training
         model.eval()
         emb = self.embed_split(model, split)
-        a, b, same = self.eval_pairs[split]
+        a, b, _ = self.eval_pairs[split]
         logits = model.head_logit(emb[a], emb[b]).float()
         model.train(was_training)
-        probs = torch.sigmoid(logits).cpu()
-        metrics = {"loss": F.binary_cross_entropy_with_logits(logits, same).item(),
-                   **pair_metrics(probs, same.cpu())}
-        metrics["oneshot_acc"] = one_shot_accuracy(emb.cpu(), self.splits[split][1].cpu(),
+        return {"emb": emb.cpu(), "logits": logits, "probs": torch.sigmoid(logits).cpu()}
+
+    @torch.inference_mode()
+    def score(self, outputs: Outputs, split: str) -> dict:
+        same = self.eval_pairs[split][2]
+        metrics = {"loss": F.binary_cross_entropy_with_logits(outputs["logits"], same).item(),
+                   **pair_metrics(outputs["probs"], same.cpu())}
+        metrics["oneshot_acc"] = one_shot_accuracy(outputs["emb"], self.splits[split][1].cpu(),
                                                    self.opts["oneshot_episodes"], seed=self.opts["pair_seed"])
-        self._last = (split, emb.cpu(), probs)
         return metrics
 
-    def finish(self, model: nn.Module, run_dir: Path, test_metrics: dict) -> None:
-        if self._last[0] != "test":
-            self.evaluate(model, "test")
-        _, emb, probs = self._last
+    def write_figures(self, run_dir: Path, outputs: Outputs, test_metrics: dict) -> None:
         a, b, same = (t.cpu() for t in self.eval_pairs["test"])
         images, labels = (t.cpu() for t in self.splits["test"])
-        write_figures(run_dir / "figures", emb, labels, images, a, b, same, probs)
+        write_figures(run_dir / "figures", outputs["emb"], labels, images, a, b, same, outputs["probs"])
 
 
 def contrastive_loss(e1: torch.Tensor, e2: torch.Tensor, same: torch.Tensor, margin: float) -> torch.Tensor:

@@ -2,7 +2,7 @@
 batch; the model returns the clean image and the kind it saw.
 
 Split: the recognition split (55,000 train / 5,000 validation, seeded by split_seed) rather than
-R1's 90/10, so every task's validation images are the same and benchmarks.md's protocol holds.
+R1's 90/10 (docs/reproduction.md), so every task validates on the same images.
 Validation noise is drawn once with a fixed seed (metrics compare across epochs); the test split
 is the frozen benchmark set of `digitlab bench denoise` (same noisy images, same hash).
 
@@ -22,51 +22,32 @@ from digitlab import io
 from digitlab.config import TrainConfig
 from digitlab.data import mnist
 from digitlab.data.noise import NOISE_KINDS, sample_noise
-from digitlab.errors import DigitlabError
-from digitlab.models import registry
 from digitlab.tasks import denoise_eval as ev
-from digitlab.tasks.recognize import split_indices, to_float
+from digitlab.tasks.base import Outputs, TaskBase, merge_task_args, to_float, train_val_indices
 
 VAL_NOISE_SEED = 7_000_001
 TASK_ARGS = {"kind_weight": 0.05, "l1_weight": 0.0, "val_limit": 0, "test_limit": 0}
 
 
-class DenoiseTask:
+class DenoiseTask(TaskBase):
     name = "denoise"
-    primary_metric = "composite"   # R1's 0.5*PSNR + 0.5*SSIM*100
-    primary_mode = "max"
+    primary_metric = "composite"   # 0.5*PSNR + 0.5*SSIM*100, R1's selection metric (docs/reproduction.md)
 
     def setup(self, cfg: TrainConfig, device: torch.device) -> None:
-        unknown = set(cfg.task_args) - set(TASK_ARGS)
-        if unknown:
-            raise DigitlabError(f"unknown denoise task_args {sorted(unknown)}",
-                                f"use task_args.KEY with KEY one of: {', '.join(TASK_ARGS)}")
         self.cfg, self.device = cfg, device
-        self.args = {**TASK_ARGS, **cfg.task_args}
+        self.args = merge_task_args(cfg, TASK_ARGS)
         images, _ = mnist.load_split("train", cfg.dataset, cfg.data_dir)
         test_u8, _ = mnist.load_split("test", cfg.dataset, cfg.data_dir)
-        train_idx, val_idx = split_indices(len(images), cfg.val_size, cfg.split_seed)
-        if cfg.subset < 1.0:
-            train_idx = train_idx[: max(1, int(round(cfg.subset * len(train_idx))))]
+        train_idx, val_idx = train_val_indices(cfg, len(images))
         self.train_u8 = images[train_idx].to(device)
         val_clean = to_float(images[val_idx])
         val = dict(zip(("noisy", "kinds", "strengths"), ev.noisy_set(val_clean, VAL_NOISE_SEED)), clean=val_clean)
         self.sets = {"val": _limit(val, self.args["val_limit"]),
                      "test": _limit(ev.frozen_test_set(test_u8), self.args["test_limit"])}
-        self._last = None
 
     @property
     def train_size(self) -> int:
         return len(self.train_u8)
-
-    def build_model(self, cfg: TrainConfig) -> nn.Module:
-        if cfg.model not in registry.list_models("denoise"):
-            raise DigitlabError(f"model {cfg.model!r} is not a denoising model",
-                                f"use one of: {', '.join(registry.list_models('denoise'))}")
-        return registry.create(cfg.model, **cfg.model_kwargs())
-
-    def example_input(self) -> tuple[torch.Tensor]:
-        return (torch.zeros(1, 1, 28, 28),)
 
     def train_batch(self, index: torch.Tensor, generator: torch.Generator) -> tuple:
         clean = to_float(self.train_u8[index])           # (B,1,28,28)
@@ -87,29 +68,26 @@ class DenoiseTask:
             result["kind_acc"] = (logits.argmax(1) == kinds).float().mean()
         return {"loss": loss, **result}
 
-    def evaluate(self, model: nn.Module, split: str) -> dict:
-        data = self.sets[split]
-        clean_hat, probs = ev.run_model(model, data["noisy"], self.cfg.eval_batch_size, self.device)
+    def predict(self, model: nn.Module, split: str) -> Outputs:
+        """{"clean_hat" (N,1,28,28), "probs" (N,6) of the noise kinds, "kind_pred" (N,) or None}."""
+        clean_hat, probs = ev.run_model(model, self.sets[split]["noisy"], self.cfg.eval_batch_size, self.device)
         kind_pred = probs.argmax(1) if ev.has_kind_head(_unwrap(model)) else None
-        summary = ev.summarize(ev.per_image(clean_hat, data["clean"]), data["kinds"], data["strengths"], kind_pred)
-        self._last = (split, clean_hat, probs, summary)
+        return {"clean_hat": clean_hat, "probs": probs, "kind_pred": kind_pred}
+
+    def score(self, outputs: Outputs, split: str) -> dict:
+        data = self.sets[split]
+        summary = ev.summarize(ev.per_image(outputs["clean_hat"], data["clean"]), data["kinds"], data["strengths"],
+                               outputs["kind_pred"])
         if split == "val":  # keep history.jsonl small: per-kind tables only for the test split
             return {k: v for k, v in summary.items() if isinstance(v, float)}
         return {k: v for k, v in summary.items() if k != "n"}
 
-    def finish(self, model: nn.Module, run_dir: Path, test_metrics: dict) -> None:
+    def write_figures(self, run_dir: Path, outputs: Outputs, test_metrics: dict) -> None:
         from digitlab.report import figures
 
-        data = self.sets["test"]
-        if self._last is not None and self._last[0] == "test":
-            _, clean_hat, probs, summary = self._last
-        else:
-            clean_hat, probs = ev.run_model(model, data["noisy"], self.cfg.eval_batch_size, self.device)
-            summary = None
-        has_kind = ev.has_kind_head(_unwrap(model))
-        if summary is None:
-            summary = ev.summarize(ev.per_image(clean_hat, data["clean"]), data["kinds"], data["strengths"],
-                                   probs.argmax(1) if has_kind else None)
+        data, clean_hat, probs = self.sets["test"], outputs["clean_hat"], outputs["probs"]
+        has_kind = outputs["kind_pred"] is not None
+        summary = {"n": len(clean_hat), **test_metrics}  # score() dropped only "n"
         out = run_dir / "figures"
         n = min(8, len(clean_hat))
         titles = []

@@ -25,34 +25,19 @@ import torch.nn.functional as F
 from digitlab import calibrate
 from digitlab.config import TrainConfig
 from digitlab.data import junk, mnist
-from digitlab.data.augment import AugmentConfig, augment
+from digitlab.data.augment import augment
 from digitlab.errors import DigitlabError
-from digitlab.models import registry
+from digitlab.tasks.base import Outputs, TaskBase, augmentation, merge_task_args, to_float, train_val_indices
 
 TASK_ARGS = {"junk_weight": 0.0, "junk_fraction": 0.25, "junk_size": 10_000, "junk_families": list(junk.FAMILIES),
              "reject_fraction": calibrate.REJECT_FRACTION, "unsure_fraction": calibrate.UNSURE_FRACTION}
-
-
-def split_indices(n: int, val_size: int, split_seed: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """benchmarks.md: the training images split once, seeded, into train / validation."""
-    if not 0 < val_size < n:
-        raise DigitlabError(f"val_size {val_size} must be between 1 and {n - 1}", "set val_size")
-    perm = torch.randperm(n, generator=torch.Generator().manual_seed(split_seed))
-    return perm[val_size:], perm[:val_size]
-
-
-def to_float(images_u8: torch.Tensor) -> torch.Tensor:
-    """(B,28,28) uint8 -> (B,1,28,28) float in [0,1]. Kept uint8 in memory: 4x smaller."""
-    return images_u8.unsqueeze(1).float().div_(255.0)
 
 
 def load_splits(cfg: TrainConfig, device: torch.device) -> dict[str, tuple[torch.Tensor, torch.Tensor]]:
     """{"train", "val", "test"}: (uint8 images, int64 labels) on `device`."""
     images, labels = mnist.load_split("train", cfg.dataset, cfg.data_dir)
     test_x, test_y = mnist.load_split("test", cfg.dataset, cfg.data_dir)
-    train_idx, val_idx = split_indices(len(images), cfg.val_size, cfg.split_seed)
-    if cfg.subset < 1.0:
-        train_idx = train_idx[: max(1, int(round(cfg.subset * len(train_idx))))]
+    train_idx, val_idx = train_val_indices(cfg, len(images))
     return {
         "train": (images[train_idx].to(device), labels[train_idx].to(device)),
         "val": (images[val_idx].to(device), labels[val_idx].to(device)),
@@ -60,20 +45,16 @@ def load_splits(cfg: TrainConfig, device: torch.device) -> dict[str, tuple[torch
     }
 
 
-class RecognizeTask:
+class RecognizeTask(TaskBase):
     name = "recognize"
     primary_metric = "acc"
-    primary_mode = "max"
 
     def setup(self, cfg: TrainConfig, device: torch.device) -> None:
-        # Keys read with defaults; checking for unknown keys is config.py's job (strict validation).
         self.cfg, self.device = cfg, device
-        self.args = {**TASK_ARGS, **cfg.task_args}
+        self.args = merge_task_args(cfg, TASK_ARGS)
         self.splits = load_splits(cfg, device)
         self.junk = self._make_junk() if float(self.args["junk_weight"]) > 0 else None
-        self.augment_cfg = AugmentConfig(**cfg.augment) if cfg.augment else None
-        if self.augment_cfg is not None and not self.augment_cfg.enabled():
-            self.augment_cfg = None
+        self.augment_cfg = augmentation(cfg)
         # channels_last lets oneDNN / cuDNN pick faster convolution kernels.
         self.memory_format = torch.channels_last
 
@@ -82,13 +63,7 @@ class RecognizeTask:
         return len(self.splits["train"][1])
 
     def build_model(self, cfg: TrainConfig) -> nn.Module:
-        if cfg.model not in registry.list_models("recognize"):
-            raise DigitlabError(f"model {cfg.model!r} is not a recognition model",
-                                f"use one of: {', '.join(registry.list_models('recognize'))}")
-        return registry.create(cfg.model, **cfg.model_kwargs()).to(memory_format=self.memory_format)
-
-    def example_input(self) -> tuple[torch.Tensor]:
-        return (torch.zeros(1, 1, 28, 28),)
+        return super().build_model(cfg).to(memory_format=self.memory_format)
 
     def _make_junk(self) -> torch.Tensor:
         """The run's "not a digit" images, generated once (seeded by the run's seed) from the training
@@ -150,18 +125,19 @@ class RecognizeTask:
         return {"calibration": calibrate.fit(self.predict_logits(model, images), labels.cpu(),
                                              float(self.args["reject_fraction"]), float(self.args["unsure_fraction"]))}
 
-    def evaluate(self, model: nn.Module, split: str) -> dict:
+    def predict(self, model: nn.Module, split: str) -> Outputs:
         was_training = model.training
         probs, preds, labels = self.predict_split(model, split)
         model.train(was_training)
-        self._last = (split, probs, preds, labels)
-        return classification_metrics(probs, preds, labels)
+        return {"probs": probs, "preds": preds, "labels": labels}
 
-    def finish(self, model: nn.Module, run_dir: Path, test_metrics: dict) -> None:
+    def score(self, outputs: Outputs, split: str) -> dict:
+        return classification_metrics(outputs["probs"], outputs["preds"], outputs["labels"])
+
+    def write_figures(self, run_dir: Path, outputs: Outputs, test_metrics: dict) -> None:
         from digitlab.report import figures
 
-        split, probs, preds, labels = self._last if self._last[0] == "test" else (
-            "test", *self.predict_split(model, "test"))
+        probs, preds, labels = outputs["probs"], outputs["preds"], outputs["labels"]
         out = run_dir / "figures"
         figures.plot_confusion(confusion_matrix(preds, labels), out / "confusion.png",
                                title="Test confusion matrix")
