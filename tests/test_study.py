@@ -22,7 +22,7 @@ import pytest
 import yaml
 
 from digitlab.errors import DigitlabError
-from digitlab.study import report, runner, spec as specs
+from digitlab.study import report, runner, spec as specs, storage as storages
 
 TINY = {"model": "cnn_r3", "epochs": 1, "subset": 0.01, "val_size": 500, "threads": 1,
         "schedule": "none", "figures": False, "progress": False}
@@ -39,7 +39,7 @@ def _study_file(tmp_path: Path, mnist_dir: Path, name: str = "tiny", **base) -> 
 def _trials_by_key(folder: Path) -> dict[str, list]:
     import optuna
 
-    study = optuna.load_study(study_name=folder.name, storage=runner.open_storage(runner.default_storage(folder)))
+    study = optuna.load_study(study_name=folder.name, storage=storages.open_storage(storages.default_storage(folder)))
     out: dict[str, list] = {}
     for t in study.get_trials(deepcopy=False):
         out.setdefault(t.user_attrs.get("key"), []).append(t.state.name)
@@ -213,7 +213,7 @@ def test_two_worker_processes_share_a_study(tmp_path, mnist_dir):
 def _claim_all(url: str, name: str, keys: list[str], out: str, barrier) -> None:
     import optuna
 
-    storage = runner.open_storage(url, 2)
+    storage = storages.open_storage(url, 2)
     study = optuna.load_study(study_name=name, storage=storage)
     barrier.wait()
     got = []
@@ -230,7 +230,7 @@ def _race(url: str, tmp_path: Path, n_keys: int = 16) -> None:
 
     keys = [f"k{i:02d}" for i in range(n_keys)]
     trials = [specs.TrialSpec(k, k, 0, {}) for k in keys]
-    assert runner.enqueue(runner.open_study(runner.open_storage(url, 2), "race", "max", trials), trials) == n_keys
+    assert runner.enqueue(runner.open_study(storages.open_storage(url, 2), "race", "max", trials), trials) == n_keys
     ctx = multiprocessing.get_context("spawn")
     barrier = ctx.Barrier(2)
     outs = [tmp_path / f"w{i}.json" for i in range(2)]
@@ -243,7 +243,7 @@ def _race(url: str, tmp_path: Path, n_keys: int = 16) -> None:
     a, b = (json.loads(o.read_text()) for o in outs)
     assert not set(a) & set(b), "two workers ran the same trial"
     assert sorted(a + b) == keys and a and b
-    study = optuna.load_study(study_name="race", storage=runner.open_storage(url, 2))
+    study = optuna.load_study(study_name="race", storage=storages.open_storage(url, 2))
     # one trial per key and no extras: losing the race for the last trial adds no empty trial
     assert sorted(t.user_attrs["key"] for t in study.get_trials()) == keys
 
@@ -256,7 +256,7 @@ def test_trial_of_a_dead_worker_is_queued_again_once_its_heartbeat_is_stale(tmp_
     from optuna.storages import RetryHeartbeatStaleTrialCallback
 
     trials = [specs.TrialSpec("a", "a", 0, {})]
-    storage = runner.open_storage(f"sqlite:///{tmp_path / 'dead.db'}", 1)  # stale after 3 s of silence
+    storage = storages.open_storage(f"sqlite:///{tmp_path / 'dead.db'}", 1)  # stale after 3 s of silence
     study = runner.open_study(storage, "dead", "max", trials)
     runner.enqueue(study, trials)
     assert runner.claim(study, storage, {"a"}) is not None  # its worker dies: no more heartbeats
@@ -271,7 +271,7 @@ def test_trial_of_a_dead_worker_is_queued_again_once_its_heartbeat_is_stale(tmp_
 
 def test_a_key_queued_twice_runs_once_and_an_empty_queue_adds_no_trial(tmp_path):
     trials = [specs.TrialSpec("a", "a", 0, {})]
-    storage = runner.open_storage(f"sqlite:///{tmp_path / 'twice.db'}", 60)
+    storage = storages.open_storage(f"sqlite:///{tmp_path / 'twice.db'}", 60)
     study = runner.open_study(storage, "twice", "max", trials)
     assert runner.claim(study, storage, {"a"}) is None and study.get_trials() == []
     assert runner.enqueue(study, trials) == 1 and runner.enqueue(study, trials) == 0
@@ -293,11 +293,11 @@ def test_opening_a_new_database_survives_a_table_creation_race(tmp_path, monkeyp
         return real(*args, **kwargs)
 
     monkeypatch.setattr(optuna.storages, "RDBStorage", racing)
-    assert runner.open_storage(f"sqlite:///{tmp_path / 'new.db'}") is not None
+    assert storages.open_storage(f"sqlite:///{tmp_path / 'new.db'}") is not None
     assert len(calls) == 2
     monkeypatch.setattr(optuna.storages, "RDBStorage", lambda *a, **k: (_ for _ in ()).throw(RuntimeError("disk I/O error")))
     with pytest.raises(DigitlabError, match="disk I/O error"):  # any other failure is reported at once
-        runner.open_storage(f"sqlite:///{tmp_path / 'other.db'}")
+        storages.open_storage(f"sqlite:///{tmp_path / 'other.db'}")
 
 
 @pytest.fixture

@@ -1,15 +1,14 @@
 """Run a study's fixed trial list (settings x seeds) through an Optuna study in a database, with one
 process or many, on one machine or many, on Optuna's public machinery:
 
-  * a queue: each trial not yet done is enqueued once (`Study.enqueue_trial`), its `key` a user
-    attribute. Moving a WAITING trial to RUNNING succeeds for one process only (a row lock on
-    PostgreSQL; on SQLite see `open_storage`), so no two workers run the same trial.
-  * heartbeats: a RUNNING trial silent for 3 heartbeats (its worker died) is failed and queued again
-    (`RetryHeartbeatStaleTrialCallback`); its run directory resumes from its checkpoint.
+  * a queue: each trial not yet done is enqueued once (`Study.enqueue_trial`). Moving a WAITING trial to
+    RUNNING succeeds for one process only (see `storage.open_storage`): no two workers run one trial.
+  * heartbeats: a RUNNING trial silent for 3 heartbeats is failed and queued again; the next attempt
+    resumes the dead one's checkpoint.
 
-Workers pop trials here, not through `Study.ask`, which adds an empty trial when another worker took
-the last one; and they record a heartbeat before the pop, so a worker killed right after it leaves a
-trial that goes stale (Optuna never fails a RUNNING trial that has no heartbeat at all).
+Workers pop trials here, not through `Study.ask`, which adds an empty trial when another worker took the
+last one; and they record a heartbeat before the pop, so that a worker killed right after it leaves a trial
+that goes stale (Optuna never fails a RUNNING trial that has no heartbeat at all).
 """
 
 from __future__ import annotations
@@ -22,70 +21,20 @@ import os
 import shutil
 import threading
 import time
-import warnings
 from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
 
+import optuna
+from optuna.trial import TrialState
+
 from digitlab import io
 from digitlab.errors import DigitlabError
-from digitlab.study.spec import StudySpec, TrialSpec
-
-HEARTBEAT_S = 10
-MAX_RETRY = 3  # a trial whose worker died this often stays failed until the next rerun
-TABLE_RACE_TRIES = 5
-
-
-def default_storage(folder: Path) -> str:
-    return f"sqlite:///{(folder / 'optuna.db').resolve()}"
-
-
-def open_storage(url: str, heartbeat: float = HEARTBEAT_S):
-    """RDBStorage whose RUNNING trials go stale after 3 x `heartbeat` s of silence and are then queued again."""
-    import optuna
-    import sqlalchemy
-
-    optuna.logging.set_verbosity(optuna.logging.WARNING)
-    warnings.filterwarnings("ignore", category=optuna.exceptions.ExperimentalWarning)
-    sqlite = url.startswith("sqlite")
-    kwargs = dict(heartbeat_interval=max(1, round(heartbeat)), grace_period=max(3, round(3 * heartbeat)),
-                  heartbeat_stale_trial_callback=optuna.storages.RetryHeartbeatStaleTrialCallback(MAX_RETRY),
-                  # SQLite: wait up to 60 s for another process's write; pysqlite's own BEGIN off (see below)
-                  engine_kwargs={"connect_args": {"timeout": 60, "isolation_level": None}} if sqlite else {})
-    for attempt in range(TABLE_RACE_TRIES):
-        try:
-            storage = optuna.storages.RDBStorage(_postgres_driver(url), **kwargs)
-            break
-        except ImportError as exc:
-            raise DigitlabError(f"cannot open {url.split('://')[0]} storage: {exc}",
-                                "pip install 'digitlab[postgres]' (psycopg2-binary) for PostgreSQL") from None
-        except Exception as exc:  # sqlalchemy.exc.OperationalError etc.: name the URL, not a stack
-            # Two processes creating a new database's tables at once: the loser only has to open it again.
-            raced = any(m in str(exc) for m in ("already exists", "UNIQUE constraint failed: alembic_version"))
-            if not raced or attempt + 1 == TABLE_RACE_TRIES:
-                raise DigitlabError(f"cannot open storage {url}: {exc}", "check the URL and that the server is up") from None
-            time.sleep(0.1 * (attempt + 1))
-    if sqlite:
-        # pysqlite would run Optuna's "still WAITING? then RUNNING" as a read outside any transaction plus a
-        # write, so two workers could pop the same trial; BEGIN IMMEDIATE takes the write lock first and
-        # makes it one step (SQLAlchemy's recipe for serializable pysqlite transactions).
-        sqlalchemy.event.listen(storage.engine, "begin", lambda conn: conn.exec_driver_sql("BEGIN IMMEDIATE"))
-    return storage
-
-
-def _postgres_driver(url: str) -> str:
-    """SQLAlchemy 2.1 maps postgresql:// to psycopg 3; use psycopg2 (our [postgres] extra) if that is what is installed."""
-    import importlib.util
-
-    if url.startswith(("postgresql://", "postgres://")) and importlib.util.find_spec("psycopg") is None \
-            and importlib.util.find_spec("psycopg2") is not None:
-        return "postgresql+psycopg2://" + url.split("://", 1)[1]
-    return url
+from digitlab.study.spec import StudySpec, TrialSpec, read_plan, write_plan
+from digitlab.study.storage import HEARTBEAT_S, default_storage, open_storage
 
 
 def open_study(storage, name: str, direction: str, trials: list[TrialSpec]):
     """Create or load the study. Its trial list may grow (more seeds or settings); a changed trial is refused."""
-    import optuna
-
     study = optuna.create_study(storage=storage, study_name=name, direction=f"{direction}imize", load_if_exists=True)
     plan = json.dumps([[t.key, t.overrides] for t in trials], sort_keys=True)
     old, new = json.loads(study.user_attrs.get("trials", "[]")), json.loads(plan)
@@ -93,10 +42,9 @@ def open_study(storage, name: str, direction: str, trials: list[TrialSpec]):
         raise DigitlabError(f"study {name!r} holds trials with other settings (epochs, subset or overrides differ)",
                             "rerun with the same options (adding seeds or settings is fine), "
                             "pick another --out (or --storage), or delete the old study")
-    if old != new:
-        if old:
-            print(f"study {name}: adding {len(new) - len(old)} trials to the {len(old)} it had", flush=True)
-        study.set_user_attr("trials", plan)
+    if old and old != new:
+        print(f"study {name}: adding {len(new) - len(old)} trials to the {len(old)} it had", flush=True)
+    study.set_user_attr("trials", plan)
     return study
 
 
@@ -110,8 +58,6 @@ def _attempts(study, *states) -> dict[str, list]:
 
 def enqueue(study, trials: list[TrialSpec]) -> int:
     """Queue each trial with no WAITING, RUNNING or COMPLETE attempt (new, or failed before); returns how many."""
-    from optuna.trial import TrialState
-
     live = _attempts(study, TrialState.WAITING, TrialState.RUNNING, TrialState.COMPLETE)
     todo = [ts for ts in trials if ts.key not in live]
     for ts in todo:
@@ -120,13 +66,9 @@ def enqueue(study, trials: list[TrialSpec]) -> int:
 
 
 def claim(study, storage, keys) -> tuple | None:
-    """(trial, trial id) of a WAITING trial of `keys` that this process moved to RUNNING, else None.
-
-    Stale trials are failed and queued again first, as `Study.optimize` does. Two processes starting
-    at once may queue a key twice: the attempt that has an older live one is pruned, not run."""
-    import optuna
-    from optuna.trial import TrialState
-
+    """(trial, trial id) of a WAITING trial of `keys` that this process moved to RUNNING, else None. Stale
+    trials are queued again first, as in `Study.optimize`; of a key queued twice (two processes started
+    at once) only the oldest live attempt runs."""
     optuna.storages.fail_stale_trials(study)
     study_id = storage.get_study_id_from_name(study.study_name)
     for t in study.get_trials(deepcopy=False, states=(TrialState.WAITING,)):
@@ -163,22 +105,14 @@ def beating(storage, trial_id: int):
         thread.join()
 
 
-def read_plan(folder: Path) -> tuple[StudySpec, list[TrialSpec]]:
-    plan = io.read_json(folder / "study.json")
-    spec = StudySpec(**{k: v for k, v in plan["spec"].items() if k != "settings"})
-    return spec, [TrialSpec(**t) for t in plan["trials"]]
-
-
 def run_trial(folder: Path, spec: StudySpec, ts: TrialSpec, study, storage, trial_id: int, number: int,
               threads: int) -> None:
     """Train one trial into STUDY/runs/KEY (resuming a dead attempt's checkpoint) and tell Optuna."""
-    from optuna.trial import TrialState
-
     from digitlab.engine import loop
 
     run_dir = folder / "runs" / ts.key
-    cfg = spec.resolve(dataclasses.replace(ts, overrides={"progress": False, **({"threads": threads} if threads else {}),
-                                                          **ts.overrides}))
+    threads_set = {"threads": threads} if threads else {}
+    cfg = spec.resolve(dataclasses.replace(ts, overrides={"progress": False, **threads_set, **ts.overrides}))
     resume = _resumable(run_dir, cfg, ts.key)
     if run_dir.exists() and not resume:
         shutil.rmtree(run_dir)
@@ -210,16 +144,13 @@ def _resumable(run_dir: Path, cfg, key: str) -> bool:
     from digitlab.engine import run as runs
 
     try:
-        if not ((run_dir / "checkpoint.pt").is_file()
-                and io.read_json(run_dir / "config.json") == json.loads(json.dumps(cfg.to_dict()))):
-            return False
-        runs.load_checkpoint(run_dir)
-    except (OSError, ValueError):
+        same = io.read_json(run_dir / "config.json") == json.loads(json.dumps(cfg.to_dict()))
+        return same and runs.load_checkpoint(run_dir) is not None
+    except (OSError, ValueError):  # no or unreadable config.json
         return False
     except DigitlabError as exc:
         print(f"  {key}: {exc.problem}; starting this trial from scratch", flush=True)
         return False
-    return True
 
 
 def _fmt(value) -> str:
@@ -228,11 +159,8 @@ def _fmt(value) -> str:
     return f"{value:.4g}" if isinstance(value, float) else str(value)
 
 
-def work(folder: str | Path, url: str, threads: int = 0, heartbeat: float = HEARTBEAT_S) -> None:
+def work(folder: Path, url: str, threads: int = 0, heartbeat: float = HEARTBEAT_S) -> None:
     """One worker: pop and run queued trials until none of the plan's keys is WAITING or RUNNING."""
-    from optuna.trial import TrialState
-
-    folder = Path(folder)
     spec, trials = read_plan(folder)
     storage = open_storage(url, heartbeat)
     study = open_study(storage, folder.name, spec.mode, trials)
@@ -257,9 +185,7 @@ def run_study(spec: StudySpec, folder: Path, extra: dict, source: str = "", work
     folder.mkdir(parents=True, exist_ok=True)
     url = storage or default_storage(folder)
     study = open_study(open_storage(url, heartbeat), folder.name, spec.mode, trials)
-    plan = {"spec": {k: v for k, v in dataclasses.asdict(spec).items() if k != "settings"},
-            "source": source, "trials": [dataclasses.asdict(t) for t in trials]}
-    io.write_json(folder / "study.json", plan)  # what every worker runs, and what the report shows
+    write_plan(folder, spec, trials, source)
     queued = enqueue(study, trials)
     threads = 0 if "threads" in extra or "threads" in spec.base else max(1, (os.cpu_count() or 1) // workers)
     print(f"study {spec.name}: {len(trials)} trials ({_count(study, trials)['complete']} already complete, "
@@ -269,13 +195,11 @@ def run_study(spec: StudySpec, folder: Path, extra: dict, source: str = "", work
         work(folder, url, threads, heartbeat)
     else:
         with ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("spawn")) as pool:
-            for done in [pool.submit(work, str(folder), url, threads, heartbeat) for _ in range(workers)]:
+            for done in [pool.submit(work, folder, url, threads, heartbeat) for _ in range(workers)]:
                 done.result()  # a worker's error (a DigitlabError) is raised here, after the others end
     return _count(study, trials)
 
 
 def _count(study, trials: list[TrialSpec]) -> dict:
-    from optuna.trial import TrialState
-
     complete = {t.key for t in trials} & _attempts(study, TrialState.COMPLETE).keys()
     return {"trials": len(trials), "complete": len(complete)}
