@@ -17,7 +17,7 @@ from digitlab.errors import DigitlabError
 EXTRAS: dict[str, tuple[tuple[str, str], ...]] = {
     "serve": (("fastapi", "fastapi"), ("uvicorn", "uvicorn"), ("python_multipart", "python-multipart")),
     "export": (("onnx", "onnx"),),  # onnxruntime is a core dependency (digitlab/lite.py)
-    "study": (("optuna", "optuna"), ("filelock", "filelock")),
+    "study": (("optuna", "optuna"),),
     "tensorboard": (("tensorboard", "tensorboard"),),
     "baselines": (("skimage", "scikit-image"), ("scipy", "scipy")),
 }

@@ -22,7 +22,7 @@ import pytest
 import yaml
 
 from digitlab.errors import DigitlabError
-from digitlab.study import report, runner, spec as specs
+from digitlab.study import report, runner, spec as specs, storage as storages
 
 TINY = {"model": "cnn_r3", "epochs": 1, "subset": 0.01, "val_size": 500, "threads": 1,
         "schedule": "none", "figures": False, "progress": False}
@@ -39,7 +39,7 @@ def _study_file(tmp_path: Path, mnist_dir: Path, name: str = "tiny", **base) -> 
 def _trials_by_key(folder: Path) -> dict[str, list]:
     import optuna
 
-    study = optuna.load_study(study_name=folder.name, storage=runner.open_storage(runner.default_storage(folder)))
+    study = optuna.load_study(study_name=folder.name, storage=storages.open_storage(storages.default_storage(folder)))
     out: dict[str, list] = {}
     for t in study.get_trials(deepcopy=False):
         out.setdefault(t.user_attrs.get("key"), []).append(t.state.name)
@@ -213,21 +213,15 @@ def test_two_worker_processes_share_a_study(tmp_path, mnist_dir):
 def _claim_all(url: str, name: str, keys: list[str], out: str, barrier) -> None:
     import optuna
 
-    study = optuna.load_study(study_name=name, storage=runner.open_storage(url, 2))
-    trials = [specs.TrialSpec(k, k, 0, {}) for k in keys]
+    storage = storages.open_storage(url, 2)
+    study = optuna.load_study(study_name=name, storage=storage)
     barrier.wait()
     got = []
-    while True:
-        res, busy = runner.claim(study, trials, set())
-        if res is None:
-            if not busy:
-                break
-            time.sleep(0.05)
-            continue
-        trial, ts = res
-        got.append(ts.key)
+    while (res := runner.claim(study, storage, set(keys))) is not None:
+        trial, _ = res
+        got.append(trial.user_attrs["key"])
         time.sleep(0.02)  # "training"
-        study.tell(trial, 1.0)
+        study.tell(trial.number, 1.0)
     Path(out).write_text(json.dumps(got))
 
 
@@ -236,7 +230,7 @@ def _race(url: str, tmp_path: Path, n_keys: int = 16) -> None:
 
     keys = [f"k{i:02d}" for i in range(n_keys)]
     trials = [specs.TrialSpec(k, k, 0, {}) for k in keys]
-    runner.open_study(runner.open_storage(url, 2), "race", "max", runner.fingerprint(trials))
+    assert runner.enqueue(runner.open_study(storages.open_storage(url, 2), "race", "max", trials), trials) == n_keys
     ctx = multiprocessing.get_context("spawn")
     barrier = ctx.Barrier(2)
     outs = [tmp_path / f"w{i}.json" for i in range(2)]
@@ -249,26 +243,42 @@ def _race(url: str, tmp_path: Path, n_keys: int = 16) -> None:
     a, b = (json.loads(o.read_text()) for o in outs)
     assert not set(a) & set(b), "two workers ran the same trial"
     assert sorted(a + b) == keys and a and b
-    study = optuna.load_study(study_name="race", storage=runner.open_storage(url, 2))
-    assert sorted(t.user_attrs["key"] for t in study.get_trials()) == keys  # one trial per key, no extras
+    study = optuna.load_study(study_name="race", storage=storages.open_storage(url, 2))
+    # one trial per key and no extras: losing the race for the last trial adds no empty trial
+    assert sorted(t.user_attrs["key"] for t in study.get_trials()) == keys
 
 
 def test_two_processes_never_claim_the_same_trial_sqlite(tmp_path):
     _race(f"sqlite:///{tmp_path / 'race.db'}", tmp_path)
 
 
-def test_dead_local_trial_is_reclaimed(tmp_path):
-    import optuna
+def test_trial_of_a_dead_worker_is_queued_again_once_its_heartbeat_is_stale(tmp_path):
+    from optuna.storages import RetryHeartbeatStaleTrialCallback
 
-    url = f"sqlite:///{tmp_path / 'dead.db'}"
     trials = [specs.TrialSpec("a", "a", 0, {})]
-    study = runner.open_study(runner.open_storage(url, 60), "dead", "max", runner.fingerprint(trials))
-    (trial, _), _ = runner.claim(study, trials, set())
-    study._storage.set_trial_user_attr(trial._trial_id, "pid", _dead_pid())  # its owner has exited
-    got, busy = runner.claim(study, trials, set())
-    assert got is not None and got[1].key == "a"
+    storage = storages.open_storage(f"sqlite:///{tmp_path / 'dead.db'}", 1)  # stale after 3 s of silence
+    study = runner.open_study(storage, "dead", "max", trials)
+    runner.enqueue(study, trials)
+    assert runner.claim(study, storage, {"a"}) is not None  # its worker dies: no more heartbeats
+    assert runner.claim(study, storage, {"a"}) is None  # not stale yet: nothing to claim
+    deadline = time.monotonic() + 30
+    while (got := runner.claim(study, storage, {"a"})) is None and time.monotonic() < deadline:
+        time.sleep(0.5)
+    assert got is not None and got[0].user_attrs["key"] == "a"
     assert [t.state.name for t in study.get_trials()] == ["FAIL", "RUNNING"]
-    assert optuna.__version__
+    assert RetryHeartbeatStaleTrialCallback.retried_trial_number(study.get_trials()[1]) == 0
+
+
+def test_a_key_queued_twice_runs_once_and_an_empty_queue_adds_no_trial(tmp_path):
+    trials = [specs.TrialSpec("a", "a", 0, {})]
+    storage = storages.open_storage(f"sqlite:///{tmp_path / 'twice.db'}", 60)
+    study = runner.open_study(storage, "twice", "max", trials)
+    assert runner.claim(study, storage, {"a"}) is None and study.get_trials() == []
+    assert runner.enqueue(study, trials) == 1 and runner.enqueue(study, trials) == 0
+    study.enqueue_trial({}, user_attrs={"key": "a"})  # a second process queued it at the same moment
+    trial, _ = runner.claim(study, storage, {"a"})
+    assert trial.number == 0 and runner.claim(study, storage, {"a"}) is None
+    assert [t.state.name for t in study.get_trials()] == ["RUNNING", "PRUNED"]
 
 
 def test_opening_a_new_database_survives_a_table_creation_race(tmp_path, monkeypatch):
@@ -283,54 +293,11 @@ def test_opening_a_new_database_survives_a_table_creation_race(tmp_path, monkeyp
         return real(*args, **kwargs)
 
     monkeypatch.setattr(optuna.storages, "RDBStorage", racing)
-    assert runner.open_storage(f"sqlite:///{tmp_path / 'new.db'}") is not None
+    assert storages.open_storage(f"sqlite:///{tmp_path / 'new.db'}") is not None
     assert len(calls) == 2
     monkeypatch.setattr(optuna.storages, "RDBStorage", lambda *a, **k: (_ for _ in ()).throw(RuntimeError("disk I/O error")))
     with pytest.raises(DigitlabError, match="disk I/O error"):  # any other failure is reported at once
-        runner.open_storage(f"sqlite:///{tmp_path / 'other.db'}")
-
-
-def test_unnamed_trial_of_a_claimer_killed_mid_claim_is_failed(tmp_path):
-    url = f"sqlite:///{tmp_path / 'orphan.db'}"
-    trials = [specs.TrialSpec("a", "a", 0, {})]
-    study = runner.open_study(runner.open_storage(url, 60), "orphan", "max", runner.fingerprint(trials))
-    study.ask()  # killed right after ask(): RUNNING, no key, no heartbeat, no pid
-    got, _ = runner.claim(study, trials, set())
-    assert got is not None and got[1].key == "a"
-    assert sorted(t.state.name for t in study.get_trials()) == ["FAIL", "RUNNING"]
-
-
-def _dead_pid() -> int:
-    proc = subprocess.Popen([sys.executable, "-c", "pass"])
-    proc.wait()
-    return proc.pid
-
-
-@pytest.mark.parametrize("owner_alive", [False, True])
-def test_lock_of_a_dead_local_owner_is_taken_over_at_once(tmp_path, monkeypatch, owner_alive):
-    import threading
-
-    from optuna.study import StudyDirection
-
-    monkeypatch.setattr(runner, "LOCK_STALE_S", 1e9)  # only the owner check can free the lock
-    storage = runner.open_storage(f"sqlite:///{tmp_path / 'lock.db'}", 60)
-    held = storage.create_new_study([StudyDirection.MINIMIZE], "s:lock")
-    pid = os.getpid() if owner_alive else _dead_pid()
-    storage.set_study_user_attr(held, "owner", {"host": socket.gethostname(), "pid": pid})
-    entered = threading.Event()
-
-    def take() -> None:
-        with runner.storage_lock(storage, "s"):
-            entered.set()
-
-    thread = threading.Thread(target=take, daemon=True)
-    thread.start()
-    assert entered.wait(1.0 if owner_alive else 30.0) != owner_alive
-    if owner_alive:  # release it as its owner would; the waiter then gets in
-        storage.delete_study(held)
-        assert entered.wait(30.0)
-    thread.join(30.0)
-    assert not thread.is_alive()
+        storages.open_storage(f"sqlite:///{tmp_path / 'other.db'}")
 
 
 @pytest.fixture

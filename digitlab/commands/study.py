@@ -41,7 +41,7 @@ def register(sub) -> None:
 
 def run(args) -> int:
     from digitlab.engine.run import default_runs_root
-    from digitlab.study import report, runner, spec as specs
+    from digitlab.study import report, spec as specs
 
     spec = specs.load(args.file)
     folder = args.out or default_runs_root() / "studies" / (spec.name + ("-quick" if args.quick else ""))
@@ -49,6 +49,8 @@ def run(args) -> int:
         print(f"report: {report.study_report(folder)}")
         return 0
     require("study", "`digitlab study`")  # running trials needs Optuna; the report above does not
+    from digitlab.study import runner
+
     if args.workers < 1:
         raise DigitlabError(f"--workers {args.workers}", "use 1 or more")
     extra = dict(spec.quick) if args.quick else {}

@@ -290,7 +290,7 @@ def _trial_row(label: str, run: Run, metric: str) -> dict:
 
 def study_report(folder: str | Path) -> Path:
     """STUDY/report.html from STUDY/study.json and STUDY/runs/*."""
-    from digitlab.study.runner import read_plan
+    from digitlab.study.spec import read_plan
 
     folder = Path(folder)
     if not (folder / "study.json").is_file():

@@ -17,6 +17,7 @@ run directory and identifies it in the Optuna database.
 
 from __future__ import annotations
 
+import dataclasses
 import itertools
 import json
 import re
@@ -26,7 +27,7 @@ from typing import Any
 
 import yaml
 
-from digitlab import config
+from digitlab import config, io
 from digitlab.errors import DigitlabError
 
 KNOWN_KEYS = {"name", "task", "description", "preset", "base", "grid", "trials", "seeds", "metric",
@@ -155,3 +156,16 @@ def from_dict(data: dict, where: str = "study") -> StudySpec:
         mode=mode, quick={k: v for k, v in (data.get("quick") or {}).items() if k != "seeds"},
         quick_seeds=(data.get("quick") or {}).get("seeds"))
     return spec
+
+
+def write_plan(folder: Path, spec: StudySpec, trials: list[TrialSpec], source: str) -> None:
+    """STUDY/study.json: the expanded trial list every worker runs and the report shows."""
+    plan = {"spec": {k: v for k, v in dataclasses.asdict(spec).items() if k != "settings"},
+            "source": source, "trials": [dataclasses.asdict(t) for t in trials]}
+    io.write_json(folder / "study.json", plan)
+
+
+def read_plan(folder: Path) -> tuple[StudySpec, list[TrialSpec]]:
+    plan = io.read_json(folder / "study.json")
+    spec = StudySpec(**{k: v for k, v in plan["spec"].items() if k != "settings"})
+    return spec, [TrialSpec(**t) for t in plan["trials"]]

@@ -72,15 +72,15 @@ def run_tune(space: dict, folder: Path, n_trials: int, extra: dict, storage: str
     from optuna.trial import TrialState
 
     from digitlab.engine import loop
-    from digitlab.study import runner
+    from digitlab.study import storage as storages
 
     spec = StudySpec(name=space["name"], task=space["task"], preset=preset or space.get("preset"),
                      base=dict(space.get("base") or {}), metric=str(space["metric"]).removeprefix("val_"),
                      mode=space["mode"])
     folder.mkdir(parents=True, exist_ok=True)
-    url = storage or runner.default_storage(folder)
+    url = storage or storages.default_storage(folder)
     study = optuna.create_study(
-        storage=runner.open_storage(url), study_name=folder.name, direction=f"{spec.mode}imize",
+        storage=storages.open_storage(url), study_name=folder.name, direction=f"{spec.mode}imize",
         load_if_exists=True, sampler=optuna.samplers.TPESampler(seed=seed),
         pruner=optuna.pruners.MedianPruner(n_startup_trials=3, n_warmup_steps=1))
     params = space["params"]
