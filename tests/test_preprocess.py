@@ -276,3 +276,22 @@ def test_from_array_errors(values, message):
 def test_from_array_blank_canvas():
     with pytest.raises(DigitlabError, match="blank"):
         from_array(np.zeros((28, 28), dtype=np.uint8))
+
+
+def test_uneven_lighting_is_not_taken_for_ink(reference):
+    # a photo of the 7 on paper with a soft shadow in one corner, 40% darker at its deepest
+    page = np.asarray(canvas(), dtype=np.float32) / 255
+    ys, xs = np.indices(page.shape)
+    shadow = 0.4 * np.exp(-((ys - 300) ** 2 + xs ** 2) / (2 * 70.0 ** 2))
+    got = to_mnist(page * (1 - shadow))
+    assert ink_box(got) == ink_box(reference)
+    assert np.allclose(centre_of_mass(got), centre_of_mass(reference), atol=1.0)
+
+
+def test_a_thick_digit_on_a_clean_background_is_not_thinned():
+    im = Image.new("L", (28, 28), 0)
+    ImageDraw.Draw(im).line([(8, 4), (20, 4), (13, 24)], fill=255, width=6)  # a marker 7: strokes 6 px of 28
+    a = to_mnist(np.asarray(im, dtype=np.float32) / 255)
+    b = torch.from_numpy(np.asarray(im, dtype=np.float32) / 255)
+    assert abs(float(a.sum()) / float(b.sum()) - 1) < 0.6  # resized to 20 px, not eaten away
+    assert float(a.max()) == 1.0

@@ -111,13 +111,13 @@ def build_suite(cfg, split: str, limit: int | None, seed: int = 0, data_dir: str
     data set and split of run config `cfg`; cached per data set, split, limit, seed and version."""
     import numpy as np
 
-    from digitlab.data import mnist
+    from digitlab.data import mnist, preprocess
     from digitlab.data import shift as shifts
 
     x, y = load_images(cfg, split, limit, data_dir)
     suite = {"clean": (x, y)}
     key = f"{cfg.dataset}-{split}" + (f"-val{cfg.val_size}-split{cfg.split_seed}" if split == "val" else "")
-    cache = mnist.cache_dir() / "shift" / f"{key}-{limit or 'all'}-s{seed}-v{shifts.VERSION}"
+    cache = mnist.cache_dir() / "shift" / f"{key}-{limit or 'all'}-s{seed}-v{shifts.VERSION}-p{preprocess.VERSION}"
     for s in shifts.SHIFTS:
         if names and s.name not in names:
             continue

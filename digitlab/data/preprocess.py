@@ -20,6 +20,7 @@ from digitlab.errors import DigitlabError
 if TYPE_CHECKING:
     import torch
 
+VERSION = 2  # bump when the output changes (suites prepared by it are cached, keyed on it); 2: haze removal
 SIZE = 28  # MNIST field
 BOX = 20  # the digit's longer side after size normalisation
 # Target centre of mass (row, col) in pixel-index coordinates. Measured on the MNIST test set:
@@ -28,6 +29,8 @@ BOX = 20  # the digit's longer side after size normalisation
 CENTRE = 14.0
 MIN_CONTRAST = 0.1  # ink must differ from the background by 10% of full range, else "blank"
 INK_THRESHOLD = 0.2  # fraction of the (stretched) max that is certainly ink, not noise or JPEG ringing
+HAZE_SIDE = 64  # the background estimate is computed at most this size: haze is smooth
+HAZE_MIN = 0.05  # border pixels this much above the border median (after stretching): an uneven background
 FORMATS_HINT = "use a PNG, JPEG, BMP, WebP or GIF image"
 
 
@@ -87,7 +90,7 @@ def to_mnist_array(gray: np.ndarray) -> np.ndarray:
                             "pass a single-channel (H, W) array, e.g. from load_image")
     if not np.isfinite(g).all():
         raise DigitlabError("the image contains NaN or infinite values", "pass finite pixel values")
-    patch = _fit_box(_crop_to_ink(_white_ink(g)))
+    patch = _fit_box(_crop_to_ink(_remove_haze(_white_ink(g))))
     return _paste_centred(patch)
 
 
@@ -225,6 +228,43 @@ def _white_ink(g: np.ndarray) -> np.ndarray:
         raise DigitlabError("no digit found in image: it is blank",
                             "draw or photograph a digit with clear contrast against the background")
     return np.clip((g - bg) / (hi - bg), 0, 1)
+
+
+def _remove_haze(g: np.ndarray) -> np.ndarray:
+    """Subtract a smooth background, when the border says there is one: uneven lighting on paper,
+    a shadow, fog (docs/shift.md).
+
+    Otherwise the crop to the ink takes the haze for ink and the digit ends up small. The
+    background is a grey opening (min, then max, over a window of a third of the shorter side:
+    wider than any pen stroke, so strokes vanish from it) of a copy at most HAZE_SIDE px on a side,
+    enlarged back. Ink on a clean background, MNIST's own included, has a zero opening and comes
+    back unchanged.
+    """
+    border = np.concatenate([g[0], g[-1], g[:, 0], g[:, -1]])
+    if np.quantile(border, 0.9) < HAZE_MIN:  # an even background: nothing to remove, and thick strokes stay whole
+        return g
+    small = _shrink(Image.fromarray(g), HAZE_SIDE) if max(g.shape) > HAZE_SIDE else Image.fromarray(g)
+    a = np.asarray(small, dtype=np.float32)
+    k = min(a.shape) // 3 | 1  # odd
+    if k < 5:  # a tiny image (an 8x8 digit): its strokes are as wide as any window, nothing tells haze apart
+        return g
+    background = _rank_filter(_rank_filter(a, k, np.min), k, np.max)
+    if not background.any():
+        return g
+    if background.shape != g.shape:
+        background = np.asarray(Image.fromarray(background).resize(g.shape[::-1], Image.Resampling.BILINEAR))
+    out = np.clip(g - background, 0, None)
+    peak = float(out.max())
+    return out / peak if peak >= MIN_CONTRAST else g  # nothing but haze: leave it to the blank check
+
+
+def _rank_filter(a: np.ndarray, k: int, reduce) -> np.ndarray:
+    """Min or max over a k x k window (k odd), separably, edges repeated."""
+    r = k // 2
+    for axis in (0, 1):
+        padded = np.pad(a, [(r, r) if ax == axis else (0, 0) for ax in (0, 1)], mode="edge")
+        a = reduce(np.lib.stride_tricks.sliding_window_view(padded, k, axis=axis), axis=-1)
+    return a
 
 
 def _crop_to_ink(g: np.ndarray) -> np.ndarray:
