@@ -10,6 +10,7 @@ import pytest
 import torch
 from PIL import Image
 
+from digitlab import io
 from digitlab.data.noise import NOISE_KINDS
 from digitlab.errors import DigitlabError
 from digitlab.models import registry
@@ -216,6 +217,13 @@ def test_tiny_training_run_lowers_validation_mse(mnist_dir, tmp_path):
         assert (run / "figures" / name).is_file()
     table = (run / "denoise_table.md").read_text()
     assert "kind salt_pepper" in table and "strength s>=0.75" in table
+    # what R1 showed beside PSNR/SSIM: per-layer gradient norms per epoch, and where the errors sit
+    grads = io.read_json(run / "grad_norms.json")
+    assert len(grads["epochs"]) == cfg.epochs and {"down.0", "down.1", "bottleneck", "out"} <= set(grads["layers"])
+    assert all(v > 0 for epoch in grads["epochs"] for v in epoch.values())
+    errors = io.read_json(run / "error_map.json")
+    assert errors["n"] == 100 and np.asarray(errors["mean_abs_error"]).shape == (28, 28)
+    assert 0 < np.mean(errors["mean_abs_error"]) < 0.5
 
     # the command on a real file: a 28x28 PNG and the identified kind with its probability
     from digitlab.commands import denoise as cmd

@@ -193,6 +193,9 @@ def _train(cfg, run_dir, resume, place, log, wall_start, on_epoch=None) -> Path 
         extra.update(task.model_meta(model))
     runs.save_model(run_dir, model, cfg, extra)
     io.write_json(run_dir / "metrics.json", metrics)
+    if hasattr(task, "records"):  # files a task adds to the run folder (denoise: gradient norms, error map)
+        for name, data in task.records().items():
+            io.write_json(run_dir / name, data)
     if writer is not None:
         _log_hparams(writer, cfg, metrics)
         writer.close()

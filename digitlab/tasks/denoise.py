@@ -8,6 +8,10 @@ is the frozen benchmark set of `digitlab bench denoise` (same noisy images, same
 
 task_args: kind_weight (cross-entropy weight, default 0.05), l1_weight (extra L1 term, default 0),
 val_limit / test_limit (score only the first N images, for quick CPU studies; 0 = all).
+
+Besides metrics.json a run folder gets `records()`: grad_norms.json (per-layer gradient norms per
+epoch) and error_map.json (mean absolute error per pixel on the test images), the two things R1
+showed beside PSNR/SSIM; study reports draw them per setting (docs/studies/README.md).
 """
 
 from __future__ import annotations
@@ -22,6 +26,7 @@ from digitlab import io
 from digitlab.config import TrainConfig
 from digitlab.data import mnist
 from digitlab.data.noise import NOISE_KINDS, sample_noise
+from digitlab.engine.grad_norms import GradNorms
 from digitlab.errors import DigitlabError
 from digitlab.models import registry
 from digitlab.tasks import denoise_eval as ev
@@ -54,6 +59,8 @@ class DenoiseTask:
         self.sets = {"val": _limit(val, self.args["val_limit"]),
                      "test": _limit(ev.frozen_test_set(test_u8), self.args["test_limit"])}
         self._last = None
+        self.grad_norms: GradNorms | None = None
+        self.error_map: torch.Tensor | None = None
 
     @property
     def train_size(self) -> int:
@@ -63,7 +70,9 @@ class DenoiseTask:
         if cfg.model not in registry.list_models("denoise"):
             raise DigitlabError(f"model {cfg.model!r} is not a denoising model",
                                 f"use one of: {', '.join(registry.list_models('denoise'))}")
-        return registry.create(cfg.model, **cfg.model_kwargs())
+        model = registry.create(cfg.model, **cfg.model_kwargs())
+        self.grad_norms = GradNorms(model)  # hooks fire only in backward passes, i.e. in training
+        return model
 
     def example_input(self) -> tuple[torch.Tensor]:
         return (torch.zeros(1, 1, 28, 28),)
@@ -93,9 +102,24 @@ class DenoiseTask:
         kind_pred = probs.argmax(1) if ev.has_kind_head(_unwrap(model)) else None
         summary = ev.summarize(ev.per_image(clean_hat, data["clean"]), data["kinds"], data["strengths"], kind_pred)
         self._last = (split, clean_hat, probs, summary)
+        if split == "val" and self.grad_norms is not None:  # validation closes each training epoch
+            self.grad_norms.end_epoch()
+        if split == "test":
+            self.error_map = (clean_hat - data["clean"]).abs().mean((0, 1))  # (28, 28)
         if split == "val":  # keep history.jsonl small: per-kind tables only for the test split
             return {k: v for k, v in summary.items() if isinstance(v, float)}
         return {k: v for k, v in summary.items() if k != "n"}
+
+    def records(self) -> dict[str, dict]:
+        """Files for the run folder, written by the loop whether or not figures are drawn."""
+        out = {}
+        if self.grad_norms is not None and self.grad_norms.history:
+            out["grad_norms.json"] = self.grad_norms.to_json()
+        if self.error_map is not None:
+            out["error_map.json"] = {"what": "mean |denoised - clean| per pixel over the test images",
+                                     "n": len(self.sets["test"]["clean"]),
+                                     "mean_abs_error": self.error_map.tolist()}
+        return out
 
     def finish(self, model: nn.Module, run_dir: Path, test_metrics: dict) -> None:
         from digitlab.report import figures
