@@ -107,6 +107,19 @@ def test_denoise_report_shows_psnr_ssim_gradient_norms_error_maps_and_verdict(tm
     assert html.count("data:image/png;base64") >= 4   # curves, gradient norms, error maps embedded
 
 
+def test_restate_adds_the_conclusion_to_a_report_whose_runs_are_gone(tmp_path):
+    groups = [(name, [report.Run(_fake_denoise_run(tmp_path / name, value, 0, (0, 0)))])
+              for name, value in (("a", 50.0), ("b", 40.0))]
+    report.render(groups, tmp_path / "out", "Study x", "composite", "max")
+    claim = {"source": "R1", "text": "b beats a", "best": "b"}
+    assert report.restate(tmp_path / "out", claim) == "not decided"   # one seed
+    assert report.restate(tmp_path / "out", claim) == "not decided"   # twice: replaced, not repeated
+    md = (tmp_path / "out" / "report.md").read_text()
+    assert md.count("## Conclusion") == 1 and "Claim (R1): b beats a" in md and md.index("## Conclusion") < md.index("## Summary")
+    assert (tmp_path / "out" / "report.html").read_text().count("<h2>Conclusion</h2>") == 1
+    assert io.read_json(tmp_path / "out" / "summary.json")["claim"] == claim
+
+
 # --------------------------------------------------------------------------- the published record
 
 

@@ -397,15 +397,14 @@ def render(groups: list[tuple[str, list[Run]]], out_dir: Path, title: str, metri
     io.write_json(out_dir / "summary.json", {"title": title, "metric": metric, "mode": mode, "notes": list(notes),
                                              "claim": claim or {}, "conclusion": conclusion, "verdict": verdict,
                                              "summary": paragraph, "rows": rows})
-    said = f"Claim ({claim.get('source', 'source report')}): {claim['text']}" if claim else ""
+    conclusion_html, conclusion_md = _conclusion_parts(claim or {}, conclusion, verdict)
 
     h = htmlmod.escape
     body = [f"<h1>{h(title)}</h1>"]
     if description:
         body.append(f'<p class="subtitle">{h(description)}</p>')
     body += [f'<p class="note">{h(n)}</p>' for n in notes]
-    body += ["<h2>Conclusion</h2>"] + ([f"<p>{h(said)}</p>"] if said else [])
-    body += [f"<p>{_bold_html(conclusion)} <strong>Verdict: {h(verdict)}.</strong></p>"]
+    body += conclusion_html
     body += ["<h2>Summary</h2>", f"<p>{_bold_html(paragraph)}</p>", html_table(table)]
     for path, caption in figs:
         body.append(f"<figure>{embed_png(path, caption)}<figcaption>{h(caption)}</figcaption></figure>")
@@ -418,7 +417,7 @@ def render(groups: list[tuple[str, list[Run]]], out_dir: Path, title: str, metri
     if description:
         md += [description, ""]
     md += [f"> {n}" for n in notes] + ([""] if notes else [])
-    md += ["## Conclusion", ""] + ([said, ""] if said else []) + [f"{conclusion} **Verdict: {verdict}.**", ""]
+    md += conclusion_md
     md += ["## Summary", "", paragraph, "", markdown_table(table), ""]
     for path, caption in figs:
         md += [f"![{caption}]({path.relative_to(out_dir).as_posix()})", "", f"_{caption}_", ""]
@@ -427,6 +426,33 @@ def render(groups: list[tuple[str, list[Run]]], out_dir: Path, title: str, metri
     md += ["## Trials", "", markdown_table(trials), ""]
     io.write_text(out_dir / "report.md", "\n".join(md))
     return out_dir / "report.html"
+
+
+def _conclusion_parts(claim: dict, conclusion: str, verdict: str) -> tuple[list[str], list[str]]:
+    """The Conclusion section as HTML and as Markdown lines."""
+    h = htmlmod.escape
+    said = f"Claim ({claim.get('source', 'source report')}): {claim['text']}" if claim else ""
+    html = ["<h2>Conclusion</h2>"] + ([f"<p>{h(said)}</p>"] if said else [])
+    html += [f"<p>{_bold_html(conclusion)} <strong>Verdict: {h(verdict)}.</strong></p>"]
+    md = ["## Conclusion", ""] + ([said, ""] if said else []) + [f"{conclusion} **Verdict: {verdict}.**", ""]
+    return html, md
+
+
+def restate(folder: str | Path, claim: dict) -> str:
+    """Add (or redo) the Conclusion of a published report from its summary.json, for a study whose run
+    folders are gone (the report's numbers stay as they were). Returns the verdict."""
+    folder = Path(folder)
+    summary = io.read_json(folder / "summary.json")
+    conclusion, verdict = conclude(summary["rows"], summary["metric"], summary["mode"], claim)
+    html_lines, md_lines = _conclusion_parts(claim, conclusion, verdict)
+    for name, new, marker in (("report.html", "\n".join(html_lines) + "\n", "<h2>Summary</h2>"),
+                              ("report.md", "\n".join(md_lines) + "\n", "## Summary")):
+        text = (folder / name).read_text()
+        start = text.find("<h2>Conclusion</h2>" if name.endswith("html") else "## Conclusion")
+        text = (text[:start] if start >= 0 else text[:text.index(marker)]) + new + text[text.index(marker):]
+        io.write_text(folder / name, text)
+    io.write_json(folder / "summary.json", {**summary, "claim": claim, "conclusion": conclusion, "verdict": verdict})
+    return verdict
 
 
 def _bold_html(text: str) -> str:
