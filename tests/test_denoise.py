@@ -48,6 +48,15 @@ def test_ssim_identical_is_one_and_noise_lowers_it():
     assert (ev.ssim_per_image(noisy, x) < 0.9).all()
 
 
+def test_a_faint_grey_background_costs_little_psnr_but_much_ssim():
+    # Why a Sigmoid-output U-Net scores low SSIM beside a fair PSNR (docs/reproduction.md, R1): digit
+    # backgrounds are exactly 0, and SSIM's constant C1 = (0.01)^2 is tiny next to a 0.02 offset there.
+    clean = _digits().float().unsqueeze(1) / 255
+    grey = torch.where(clean == 0, torch.full_like(clean, 0.02), clean)
+    assert ev.psnr_per_image(grey, clean).mean() > 30
+    assert ev.ssim_per_image(grey, clean).mean() < 0.75
+
+
 def test_score_and_composite_formulas():
     assert ev.score(30, 1.0) == pytest.approx(1.0)
     assert ev.score(15, 0.6) == pytest.approx(0.0)
