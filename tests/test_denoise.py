@@ -10,6 +10,7 @@ import pytest
 import torch
 from PIL import Image
 
+from digitlab import io
 from digitlab.data.noise import NOISE_KINDS
 from digitlab.errors import DigitlabError
 from digitlab.models import registry
@@ -45,6 +46,15 @@ def test_ssim_identical_is_one_and_noise_lowers_it():
     assert ev.ssim_per_image(x, x).tolist() == pytest.approx([1.0] * 4, abs=1e-5)
     noisy = (x + 0.3 * torch.randn_like(x)).clamp(0, 1)
     assert (ev.ssim_per_image(noisy, x) < 0.9).all()
+
+
+def test_a_faint_grey_background_costs_little_psnr_but_much_ssim():
+    # Why a Sigmoid-output U-Net scores low SSIM beside a fair PSNR (docs/reproduction.md, R1): digit
+    # backgrounds are exactly 0, and SSIM's constant C1 = (0.01)^2 is tiny next to a 0.02 offset there.
+    clean = _digits().float().unsqueeze(1) / 255
+    grey = torch.where(clean == 0, torch.full_like(clean, 0.02), clean)
+    assert ev.psnr_per_image(grey, clean).mean() > 30
+    assert ev.ssim_per_image(grey, clean).mean() < 0.75
 
 
 def test_score_and_composite_formulas():
@@ -216,6 +226,13 @@ def test_tiny_training_run_lowers_validation_mse(mnist_dir, tmp_path):
         assert (run / "figures" / name).is_file()
     table = (run / "denoise_table.md").read_text()
     assert "kind salt_pepper" in table and "strength s>=0.75" in table
+    # what R1 showed beside PSNR/SSIM: per-layer gradient norms per epoch, and where the errors sit
+    grads = io.read_json(run / "grad_norms.json")
+    assert len(grads["epochs"]) == cfg.epochs and {"down.0", "down.1", "bottleneck", "out"} <= set(grads["layers"])
+    assert all(v > 0 for epoch in grads["epochs"] for v in epoch.values())
+    errors = io.read_json(run / "error_map.json")
+    assert errors["n"] == 100 and np.asarray(errors["mean_abs_error"]).shape == (28, 28)
+    assert 0 < np.mean(errors["mean_abs_error"]) < 0.5
 
     # the command on a real file: a 28x28 PNG and the identified kind with its probability
     from digitlab.commands import denoise as cmd

@@ -46,7 +46,7 @@ def run(args) -> int:
     spec = specs.load(args.file)
     folder = args.out or default_runs_root() / "studies" / (spec.name + ("-quick" if args.quick else ""))
     if args.report_only:
-        print(f"report: {report.study_report(folder)}")
+        print(f"report: {report.study_report(folder, file_spec=spec)}")
         return 0
     require("study", "`digitlab study`")  # running trials needs Optuna; the report above does not
     from digitlab.study import runner
@@ -69,5 +69,5 @@ def run(args) -> int:
     print(f"{counts['complete']} of {counts['trials']} trials complete "
           f"({time.perf_counter() - t0:.1f} s)")
     if not args.no_report:
-        print(f"report: {report.study_report(folder)}")
+        print(f"report: {report.study_report(folder, file_spec=specs.load(args.file))}")
     return 0 if counts["complete"] == counts["trials"] else 1

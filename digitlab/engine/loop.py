@@ -306,6 +306,8 @@ def finish(state: TrainState, wall_start: float) -> Finished:
              **task.model_meta(model)}
     runs.save_model(state.run_dir, model, cfg, extra)
     io.write_json(state.run_dir / "metrics.json", metrics)
+    for name, data in task.records(outputs).items():
+        io.write_json(state.run_dir / name, data)
     return Finished(state.run_dir, cfg, task, model, outputs, test, metrics, state.writer)
 
 

@@ -4,6 +4,10 @@ folder or any set of run directories grouped into settings.
 Shows what the source reports drew (train and validation curves per setting, overlaid), a summary
 table (best and final validation metric, test metric as mean +- std over seeds, parameters, FLOPs,
 seconds per epoch, peak memory), per-class test accuracy, and one paragraph saying what won.
+A study report also states the scale it ran at against its study file (a reduced run says so in
+its header), a one-sentence conclusion computed from the numbers, and whether that agrees with the
+source report's claim (the study file's `claim:`). Denoising studies add test PSNR and SSIM, the
+per-layer gradient norms and the error heat map per setting (what R1 showed beside its scores).
 """
 
 from __future__ import annotations
@@ -22,6 +26,9 @@ from digitlab.report import figures
 from digitlab.report.html import embed_png, html_page, html_table, markdown_table
 
 PRIMARY = {"recognize": ("acc", "max"), "denoise": ("composite", "max"), "compare": ("acc", "max")}
+EXTRA_TEST = {"denoise": ("psnr", "ssim"), "compare": ("auc",)}   # shown beside the primary metric
+# Settings that only change how a trial runs, not what it measures: not part of a study's scale.
+RUN_ONLY = {"seed", "threads", "figures", "progress", "tensorboard", "device", "data_dir"}
 
 
 class Run:
@@ -35,6 +42,8 @@ class Run:
             self.history = figures.read_history(self.path)
         except DigitlabError:
             self.history = []
+        self.grad_norms = _json(self.path / "grad_norms.json")   # denoise runs (digitlab/engine/grad_norms.py)
+        self.error_map = _json(self.path / "error_map.json")
 
     @property
     def finished(self) -> bool:
@@ -106,8 +115,14 @@ def summarize(groups: list[tuple[str, list[Run]]], metric: str) -> list[dict]:
                              ("val_final", finals),
                              ("test", [r.metrics.get(f"test_{metric}") for r in done])):
             row[f"{name}_mean"], row[f"{name}_std"] = _stats(values)
+        for name in {k for r in done for k in EXTRA_TEST.get(r.config.get("task"), ())}:
+            row[f"test_{name}_mean"], row[f"test_{name}_std"] = _stats([r.metrics.get(f"test_{name}") for r in done])
         for key in ("params", "flops_per_image", "seconds_per_epoch", "peak_rss_mb", "peak_cuda_mb", "epochs_run"):
             row[key] = _stats([r.metrics.get(key) for r in done])[0]
+        row["grad_norms_last_epoch"] = _mean_dicts([r.grad_norms["epochs"][-1] for r in done
+                                                    if r.grad_norms.get("epochs")])
+        maps = [r.error_map["mean_abs_error"] for r in done if r.error_map.get("mean_abs_error")]
+        row["error_map"] = np.round(np.mean(np.asarray(maps, dtype=float), axis=0), 5).tolist() if maps else None
         per_class = [r.metrics.get("test_per_class_acc") for r in done
                      if isinstance(r.metrics.get("test_per_class_acc"), list)]
         row["per_class"] = np.mean(np.asarray(per_class, dtype=float), axis=0).tolist() if per_class else None
@@ -115,8 +130,20 @@ def summarize(groups: list[tuple[str, list[Run]]], metric: str) -> list[dict]:
     return rows
 
 
+def _mean_dicts(dicts: list[dict]) -> dict | None:
+    """Key-wise mean over seeds (keys in first-seen order; a key averages the seeds that have it)."""
+    keys = list(dict.fromkeys(k for d in dicts for k in d))
+    return {k: statistics.fmean(d[k] for d in dicts if k in d) for k in keys} or None
+
+
+def _extra_metrics(rows: list[dict]) -> list[str]:
+    return sorted({k[len("test_"):-len("_mean")] for r in rows for k in r
+                   if k.startswith("test_") and k.endswith("_mean") and k != "test_mean"})
+
+
 def _table_rows(rows: list[dict], metric: str) -> list[dict]:
     out = []
+    extras = _extra_metrics(rows)
     for r in rows:
         n = r["runs"]
         out.append({
@@ -125,6 +152,8 @@ def _table_rows(rows: list[dict], metric: str) -> list[dict]:
             f"best val {metric}": fmt_stat(metric, r["val_best_mean"], r["val_best_std"], n),
             f"final val {metric}": fmt_stat(metric, r["val_final_mean"], r["val_final_std"], n),
             f"test {metric}": fmt_stat(metric, r["test_mean"], r["test_std"], n),
+            **{f"test {figures.pretty_metric(e)}": fmt_stat(e, r.get(f"test_{e}_mean"), r.get(f"test_{e}_std"), n)
+               for e in extras},
             "params": f"{int(r['params']):,}" if r["params"] is not None else "—",
             "MFLOPs/image": f"{r['flops_per_image'] / 1e6:.2f}" if r["flops_per_image"] else "—",
             "s/epoch": f"{r['seconds_per_epoch']:.2f}" if r["seconds_per_epoch"] is not None else "—",
@@ -188,6 +217,87 @@ def auto_summary(rows: list[dict], metric: str, mode: str) -> str:
     return text
 
 
+def _decided(a: dict, b: dict, scale: float) -> tuple[float, float, bool | None]:
+    """Gap between two rows' best validation means, their larger seed std, and whether the gap is
+    more than twice that std (None with one seed: nothing to measure the noise against)."""
+    gap = abs(a["val_best_mean"] - b["val_best_mean"]) * scale
+    spread = max(a["val_best_std"] or 0.0, b["val_best_std"] or 0.0) * scale
+    return gap, spread, (gap > 2 * spread) if min(a["runs"], b["runs"]) > 1 else None
+
+
+def conclude(rows: list[dict], metric: str, mode: str, claim: dict | None = None) -> tuple[str, str]:
+    """(one-sentence conclusion computed from the rows, verdict against the claim).
+
+    Verdicts: agrees / agrees (not decided) / not decided / disagrees / no claim / no result.
+    "Not decided" means the winner's margin is within two seed standard deviations (or one seed).
+    """
+    claim = claim or {}
+    ranked = sorted((r for r in rows if r["val_best_mean"] is not None),
+                    key=lambda r: -(1.0 if mode == "max" else -1.0) * r["val_best_mean"])
+    if not ranked:
+        return "No trial has finished, so the study concludes nothing yet.", "no result"
+    unit, scale = (" points", 100.0) if _is_pct(metric) else ("", 1.0)
+    best = ranked[0]
+    show = lambda r: fmt_stat(metric, r["val_best_mean"], r["val_best_std"], r["runs"])  # noqa: E731
+    text = f"**{best['setting']}** has the best validation {metric} ({show(best)})"
+    decided = None
+    if len(ranked) > 1:
+        gap, spread, decided = _decided(best, ranked[1], scale)
+        text += f", {gap:.2f}{unit} ahead of **{ranked[1]['setting']}**"
+        text += {True: f" (more than twice the seed spread of {spread:.2f}{unit}: decided)",
+                 False: f" (within two seed standard deviations, {spread:.2f}{unit}: not decided)",
+                 None: " (one seed: not decided)"}[decided]
+    text += "."
+    source, wanted = claim.get("source", "the source report"), claim.get("best")
+    if wanted is None:
+        return text + (f" {source} claims nothing to compare with." if claim else ""), "no claim"
+    claimed = next((r for r in ranked if r["setting"] == wanted), None)
+    if claimed is None:
+        return text + f" {source}'s setting ({wanted}) has no finished trial.", "no result"
+    if claimed is best:
+        verdict = "agrees" if decided else "agrees (not decided)"
+        return text + f" This agrees with {source}'s claim.", verdict
+    gap, spread, sure = _decided(best, claimed, scale)
+    if sure:
+        return (text + f" This disagrees with {source}'s claim: its pick, {wanted}, is {gap:.2f}{unit} "
+                       f"behind, more than twice the seed spread."), "disagrees"
+    why = "one seed" if sure is None else f"within two seed standard deviations ({spread:.2f}{unit})"
+    return (text + f" {source}'s pick, {wanted}, is {gap:.2f}{unit} behind ({why}), so this neither confirms "
+                   f"nor refutes {source}'s claim."), "not decided"
+
+
+def scale_note(file_spec, trials) -> str:
+    """What the run changed against the study file ('epochs 2 (file: 30), subset 0.02 (file: 1)'),
+    from the resolved configs of the first trial as run and as the file alone would run it."""
+    planned = file_spec.trials()
+    if not trials or not planned:
+        return ""
+    ran = trials[0]
+    same = next((t for t in planned if t.label == ran.label), planned[0])
+    now, file = _flat(file_spec.resolve(ran).to_dict()), _flat(file_spec.resolve(same).to_dict())
+    changed = [f"{k} {_show(now.get(k))} (file: {_show(file.get(k))})" for k in sorted(set(now) | set(file))
+               if k not in RUN_ONLY and now.get(k) != file.get(k)]
+    seeds = sorted({t.seed for t in trials})
+    if seeds != sorted(file_spec.seeds):
+        changed.append(f"seeds {seeds} (file: {file_spec.seeds})")
+    return ("Reduced scale against the study file: " + ", ".join(changed) + "." if changed
+            else "Full scale: every trial ran with the study file's settings.")
+
+
+def _flat(cfg: dict) -> dict:
+    out = {}
+    for key, value in cfg.items():
+        if isinstance(value, dict):
+            out.update({f"{key}.{k}": v for k, v in value.items()})
+        else:
+            out[key] = value
+    return out
+
+
+def _show(value) -> str:
+    return "—" if value is None else (str(value) if not isinstance(value, float) else f"{value:g}")
+
+
 # --------------------------------------------------------------------------- figures
 
 
@@ -210,6 +320,40 @@ def _per_class_figure(rows: list[dict], path: Path) -> Path | None:
     return figures.save_figure(fig, path)
 
 
+def _grad_norms_figure(rows: list[dict], path: Path) -> Path | None:
+    rows = [r for r in rows if r.get("grad_norms_last_epoch")]
+    if not rows:
+        return None
+    layers = list(dict.fromkeys(k for r in rows for k in r["grad_norms_last_epoch"]))
+    fig = figures.new_figure(7.5, 4.2)
+    ax = fig.add_subplot()
+    for i, r in enumerate(rows):
+        ys = [r["grad_norms_last_epoch"].get(k, np.nan) for k in layers]
+        ax.plot(range(len(layers)), ys, marker="o", color=f"C{i % 10}", label=r["setting"])
+    ax.set_yscale("log")
+    ax.set_xticks(range(len(layers)), layers, rotation=45, ha="right", fontsize=8)
+    figures.style_axes(ax, "layer (input to output)", "gradient norm (RMS over steps)",
+                        "Per-layer gradient norm in the last epoch")
+    ax.legend(fontsize=8)
+    return figures.save_figure(fig, path)
+
+
+def _error_maps_figure(rows: list[dict], path: Path) -> Path | None:
+    rows = [r for r in rows if r.get("error_map")]
+    if not rows:
+        return None
+    maps = [np.asarray(r["error_map"]) for r in rows]
+    top = max(float(m.max()) for m in maps)
+    fig = figures.new_figure(2.3 * len(rows) + 0.8, 2.9)
+    axes = fig.subplots(1, len(rows), squeeze=False)[0]
+    for ax, r, m in zip(axes, rows, maps):
+        image = ax.imshow(m, cmap="magma", vmin=0.0, vmax=top, interpolation="nearest")
+        ax.set_title(f"{r['setting']}\nmean {m.mean():.3f}", fontsize=8)
+        ax.set_xticks([]), ax.set_yticks([])
+    fig.colorbar(image, ax=list(axes), shrink=0.8, label="mean |denoised - clean|")
+    return figures.save_figure(fig, path)
+
+
 def _figures(groups, rows, metric, folder: Path) -> list[tuple[Path, str]]:
     out = []
     series = {label: _mean_history([r.history for r in runs if r.history]) for label, runs in groups}
@@ -224,6 +368,14 @@ def _figures(groups, rows, metric, folder: Path) -> list[tuple[Path, str]]:
     path = _per_class_figure(rows, folder / "per_class.png")
     if path:
         out.append((path, "Test accuracy per class, one bar per setting (mean over seeds)"))
+    path = _grad_norms_figure(rows, folder / "grad_norms.png")
+    if path:
+        out.append((path, "Per-layer gradient norm (RMS over the last epoch's steps, before clipping; "
+                          f"log scale), one line per setting{note}"))
+    path = _error_maps_figure(rows, folder / "error_maps.png")
+    if path:
+        out.append((path, f"Where the errors sit: mean absolute error per pixel on the test images, one map "
+                          f"per setting on one colour scale{note}"))
     return out
 
 
@@ -231,24 +383,28 @@ def _figures(groups, rows, metric, folder: Path) -> list[tuple[Path, str]]:
 
 
 def render(groups: list[tuple[str, list[Run]]], out_dir: Path, title: str, metric: str, mode: str,
-           description: str = "", notes: Sequence[str] = ()) -> Path:
+           description: str = "", notes: Sequence[str] = (), claim: dict | None = None) -> Path:
     """out_dir/report.html (+ report.md, figures/*.png, summary.json). Returns the HTML path."""
     out_dir = Path(out_dir)
     rows = summarize(groups, metric)
     table = _table_rows(rows, metric)
     paragraph = auto_summary(rows, metric, mode)
+    conclusion, verdict = conclude(rows, metric, mode, claim)
     figs = _figures(groups, rows, metric, out_dir / "figures")
     per_class = [{"class": c, **{r["setting"]: f"{100 * r['per_class'][c]:.2f}%" for r in rows if r["per_class"]}}
                  for c in range(max((len(r["per_class"]) for r in rows if r["per_class"]), default=0))]
     trials = [_trial_row(label, run, metric) for label, runs in groups for run in runs]
-    io.write_json(out_dir / "summary.json", {"title": title, "metric": metric, "mode": mode,
+    io.write_json(out_dir / "summary.json", {"title": title, "metric": metric, "mode": mode, "notes": list(notes),
+                                             "claim": claim or {}, "conclusion": conclusion, "verdict": verdict,
                                              "summary": paragraph, "rows": rows})
+    conclusion_html, conclusion_md = _conclusion_parts(claim or {}, conclusion, verdict)
 
     h = htmlmod.escape
     body = [f"<h1>{h(title)}</h1>"]
     if description:
         body.append(f'<p class="subtitle">{h(description)}</p>')
     body += [f'<p class="note">{h(n)}</p>' for n in notes]
+    body += conclusion_html
     body += ["<h2>Summary</h2>", f"<p>{_bold_html(paragraph)}</p>", html_table(table)]
     for path, caption in figs:
         body.append(f"<figure>{embed_png(path, caption)}<figcaption>{h(caption)}</figcaption></figure>")
@@ -261,6 +417,7 @@ def render(groups: list[tuple[str, list[Run]]], out_dir: Path, title: str, metri
     if description:
         md += [description, ""]
     md += [f"> {n}" for n in notes] + ([""] if notes else [])
+    md += conclusion_md
     md += ["## Summary", "", paragraph, "", markdown_table(table), ""]
     for path, caption in figs:
         md += [f"![{caption}]({path.relative_to(out_dir).as_posix()})", "", f"_{caption}_", ""]
@@ -269,6 +426,33 @@ def render(groups: list[tuple[str, list[Run]]], out_dir: Path, title: str, metri
     md += ["## Trials", "", markdown_table(trials), ""]
     io.write_text(out_dir / "report.md", "\n".join(md))
     return out_dir / "report.html"
+
+
+def _conclusion_parts(claim: dict, conclusion: str, verdict: str) -> tuple[list[str], list[str]]:
+    """The Conclusion section as HTML and as Markdown lines."""
+    h = htmlmod.escape
+    said = f"Claim ({claim.get('source', 'source report')}): {claim['text']}" if claim else ""
+    html = ["<h2>Conclusion</h2>"] + ([f"<p>{h(said)}</p>"] if said else [])
+    html += [f"<p>{_bold_html(conclusion)} <strong>Verdict: {h(verdict)}.</strong></p>"]
+    md = ["## Conclusion", ""] + ([said, ""] if said else []) + [f"{conclusion} **Verdict: {verdict}.**", ""]
+    return html, md
+
+
+def restate(folder: str | Path, claim: dict) -> str:
+    """Add (or redo) the Conclusion of a published report from its summary.json, for a study whose run
+    folders are gone (the report's numbers stay as they were). Returns the verdict."""
+    folder = Path(folder)
+    summary = io.read_json(folder / "summary.json")
+    conclusion, verdict = conclude(summary["rows"], summary["metric"], summary["mode"], claim)
+    html_lines, md_lines = _conclusion_parts(claim, conclusion, verdict)
+    for name, new, marker in (("report.html", "\n".join(html_lines) + "\n", "<h2>Summary</h2>"),
+                              ("report.md", "\n".join(md_lines) + "\n", "## Summary")):
+        text = (folder / name).read_text()
+        start = text.find("<h2>Conclusion</h2>" if name.endswith("html") else "## Conclusion")
+        text = (text[:start] if start >= 0 else text[:text.index(marker)]) + new + text[text.index(marker):]
+        io.write_text(folder / name, text)
+    io.write_json(folder / "summary.json", {**summary, "claim": claim, "conclusion": conclusion, "verdict": verdict})
+    return verdict
 
 
 def _bold_html(text: str) -> str:
@@ -288,8 +472,9 @@ def _trial_row(label: str, run: Run, metric: str) -> dict:
 # --------------------------------------------------------------------------- entry points
 
 
-def study_report(folder: str | Path) -> Path:
-    """STUDY/report.html from STUDY/study.json and STUDY/runs/*."""
+def study_report(folder: str | Path, file_spec=None) -> Path:
+    """STUDY/report.html from STUDY/study.json and STUDY/runs/*. `file_spec` (the study file, when
+    the caller has it) supplies the claim and the seeds the file plans, for a study run before them."""
     from digitlab.study.spec import read_plan
 
     folder = Path(folder)
@@ -301,15 +486,29 @@ def study_report(folder: str | Path) -> Path:
         groups.setdefault(t.label, []).append(Run(folder / "runs" / t.key))
     groups_list = list(groups.items())
     done = sum(r.finished for _, runs in groups_list for r in runs)
-    notes = [] if done == len(trials) else [f"{done} of {len(trials)} trials have finished; "
-                                             "rerun the study to complete the rest."]
+    file_spec = file_spec or _source_spec(folder)
+    notes = [scale_note(file_spec, trials)] if file_spec is not None else []
+    if done != len(trials):
+        notes.append(f"{done} of {len(trials)} trials have finished; rerun the study to complete the rest.")
     first = next((r.config for _, runs in groups_list for r in runs if r.config), {})
     what = (f"{spec.task} · {first.get('model', '?')} · {first.get('epochs', '?')} epochs · "
             f"subset {first.get('subset', 1.0)} · seeds {spec.seeds}")
     desc = f"{spec.description} ({what})" if spec.description else what
     notes.append(f"Every trial's run directory is under runs/; TensorBoard shows them side by side with "
                  f"their hyper-parameters: tensorboard --logdir {folder.name}")
-    return render(groups_list, folder, f"Study {spec.name}", spec.metric, spec.mode, desc, notes)
+    claim = spec.claim or (file_spec.claim if file_spec is not None else {})
+    return render(groups_list, folder, f"Study {spec.name}", spec.metric, spec.mode, desc, notes, claim)
+
+
+def _source_spec(folder: Path):
+    """The study file the folder was run from, if it is still where study.json says (else None)."""
+    from digitlab.study import spec as specs
+
+    source = Path(io.read_json(folder / "study.json").get("source") or "")
+    try:
+        return specs.load(source) if source.is_file() else None
+    except DigitlabError:
+        return None
 
 
 def runs_report(run_dirs: Sequence[str | Path], out_dir: str | Path, labels: Sequence[str] | None = None) -> Path:

@@ -10,6 +10,8 @@
     mode: max                       # max (default) or min
     quick: {epochs: 1, subset: 0.05, seeds: [0]}   # --quick: a smoke version
     labels: {"optimizer=adam": Adam}            # optional display names
+    claim: {source: R2, text: "Adam beats SGD and RMSprop", best: optimizer=adam}   # optional: what the
+                                    # source report found; the study report says whether it agrees
 
 Expanding it gives a fixed, ordered list of trial specs; each has a stable `key` that names its
 run directory and identifies it in the Optuna database.
@@ -31,7 +33,8 @@ from digitlab import config, io
 from digitlab.errors import DigitlabError
 
 KNOWN_KEYS = {"name", "task", "description", "preset", "base", "grid", "trials", "seeds", "metric",
-              "mode", "quick", "labels"}
+              "mode", "quick", "labels", "claim"}
+CLAIM_KEYS = {"source", "text", "best"}
 
 
 @dataclass
@@ -55,6 +58,7 @@ class StudySpec:
     mode: str = "max"
     quick: dict = field(default_factory=dict)
     quick_seeds: list[int] | None = None   # `quick: {seeds: [0]}`: fewer seeds for the quick version
+    claim: dict = field(default_factory=dict)   # {source, text, best}: what the source report found
 
     def trials(self, extra: dict | None = None) -> list[TrialSpec]:
         """Settings x seeds, in file order; `extra` (CLI --epochs/--subset/--set) wins over all."""
@@ -149,12 +153,18 @@ def from_dict(data: dict, where: str = "study") -> StudySpec:
     mode = data.get("mode", "max")
     if mode not in ("max", "min"):
         bad(f"mode {mode!r}", "use max or min")
+    claim = data.get("claim")
+    if claim is not None and (not isinstance(claim, dict) or set(claim) - CLAIM_KEYS or not claim.get("text")):
+        bad(f"claim {claim!r}", "write claim: {source: R1, text: what the report found, best: LABEL (optional)}")
+    claim = claim or {}
+    if claim.get("best") is not None and str(claim["best"]) not in seen:
+        bad(f"claim best {claim['best']!r} is not a setting", f"use one of the labels: {', '.join(seen)}")
     spec = StudySpec(
         name=str(data.get("name") or Path(where).stem), task=data["task"], preset=data.get("preset"),
         description=str(data.get("description", "")), base=dict(data.get("base") or {}),
         settings=settings, seeds=seeds, metric=str(data.get("metric", "acc")).removeprefix("val_"),
         mode=mode, quick={k: v for k, v in (data.get("quick") or {}).items() if k != "seeds"},
-        quick_seeds=(data.get("quick") or {}).get("seeds"))
+        quick_seeds=(data.get("quick") or {}).get("seeds"), claim=dict(claim))
     return spec
 
 

@@ -59,6 +59,10 @@ class Task(Protocol):
     def model_meta(self, model: nn.Module) -> dict:
         """What the task adds to model.json for the final model (recognize: its calibration)."""
 
+    def records(self, outputs: Outputs) -> dict[str, dict]:
+        """Extra JSON files for the run folder, from the test outputs (denoise: grad_norms.json,
+        error_map.json), written whether or not figures are drawn."""
+
     def write_figures(self, run_dir: Path, outputs: Outputs, test_metrics: dict) -> None:
         """Write the task's figures (and tables) of the final model's test outputs."""
 
@@ -79,6 +83,9 @@ class TaskBase:
         return self.score(self.predict(model, split), split)
 
     def model_meta(self, model: nn.Module) -> dict:
+        return {}
+
+    def records(self, outputs: Outputs) -> dict[str, dict]:
         return {}
 
 

@@ -8,6 +8,10 @@ is the frozen benchmark set of `digitlab bench denoise` (same noisy images, same
 
 task_args: kind_weight (cross-entropy weight, default 0.05), l1_weight (extra L1 term, default 0),
 val_limit / test_limit (score only the first N images, for quick CPU studies; 0 = all).
+
+Besides metrics.json a run folder gets `records()`: grad_norms.json (per-layer gradient norms per
+epoch) and error_map.json (mean absolute error per pixel on the test images), the two things R1
+showed beside PSNR/SSIM; study reports draw them per setting (docs/studies/README.md).
 """
 
 from __future__ import annotations
@@ -22,6 +26,7 @@ from digitlab import io
 from digitlab.config import TrainConfig
 from digitlab.data import mnist
 from digitlab.data.noise import NOISE_KINDS, sample_noise
+from digitlab.engine.grad_norms import GradNorms
 from digitlab.tasks import denoise_eval as ev
 from digitlab.tasks.base import Outputs, TaskBase, merge_task_args, to_float, train_val_indices
 
@@ -44,10 +49,16 @@ class DenoiseTask(TaskBase):
         val = dict(zip(("noisy", "kinds", "strengths"), ev.noisy_set(val_clean, VAL_NOISE_SEED)), clean=val_clean)
         self.sets = {"val": _limit(val, self.args["val_limit"]),
                      "test": _limit(ev.frozen_test_set(test_u8), self.args["test_limit"])}
+        self.grad_norms: GradNorms | None = None
 
     @property
     def train_size(self) -> int:
         return len(self.train_u8)
+
+    def build_model(self, cfg: TrainConfig) -> nn.Module:
+        model = super().build_model(cfg)
+        self.grad_norms = GradNorms(model)  # hooks fire only in backward passes, i.e. in training
+        return model
 
     def train_batch(self, index: torch.Tensor, generator: torch.Generator) -> tuple:
         clean = to_float(self.train_u8[index])           # (B,1,28,28)
@@ -70,6 +81,8 @@ class DenoiseTask(TaskBase):
 
     def predict(self, model: nn.Module, split: str) -> Outputs:
         """{"clean_hat" (N,1,28,28), "probs" (N,6) of the noise kinds, "kind_pred" (N,) or None}."""
+        if split == "val" and self.grad_norms is not None:  # validation closes each training epoch
+            self.grad_norms.end_epoch()
         clean_hat, probs = ev.run_model(model, self.sets[split]["noisy"], self.cfg.eval_batch_size, self.device)
         kind_pred = probs.argmax(1) if ev.has_kind_head(_unwrap(model)) else None
         return {"clean_hat": clean_hat, "probs": probs, "kind_pred": kind_pred}
@@ -81,6 +94,16 @@ class DenoiseTask(TaskBase):
         if split == "val":  # keep history.jsonl small: per-kind tables only for the test split
             return {k: v for k, v in summary.items() if isinstance(v, float)}
         return {k: v for k, v in summary.items() if k != "n"}
+
+    def records(self, outputs: Outputs) -> dict[str, dict]:
+        """grad_norms.json and error_map.json (of the test outputs), figures or not."""
+        out = {}
+        if self.grad_norms is not None and self.grad_norms.history:
+            out["grad_norms.json"] = self.grad_norms.to_json()
+        error_map = (outputs["clean_hat"] - self.sets["test"]["clean"]).abs().mean((0, 1))  # (28, 28)
+        out["error_map.json"] = {"what": "mean |denoised - clean| per pixel over the test images",
+                                 "n": len(self.sets["test"]["clean"]), "mean_abs_error": error_map.tolist()}
+        return out
 
     def write_figures(self, run_dir: Path, outputs: Outputs, test_metrics: dict) -> None:
         from digitlab.report import figures
