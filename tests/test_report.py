@@ -231,3 +231,12 @@ def test_format_helpers():
     assert format_metric("seconds", 12) == "12.0 s"
     assert format_metric("train_loss", 0.5) == "0.5000"
     assert format_metric("val_mse", 1.5e-5) == "1.500e-05"
+
+
+def test_pages_are_written_compact():
+    from digitlab.report.html import html_page, html_table
+
+    page = html_page("t", html_table([{"a": 1, "b": 2}, {"a": 3, "b": 4}]))
+    assert "\n<" not in page and "<td" in page and page.endswith("</html>\n")
+    style = page[page.index("<style>"):page.index("</style>")]
+    assert "\n" not in style and "font-family" in style

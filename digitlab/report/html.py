@@ -132,10 +132,16 @@ def html_page(title: str, body_html: str) -> str:
         "<!DOCTYPE html>\n<html lang=\"en\">\n<head>\n<meta charset=\"utf-8\">\n"
         f"<meta http-equiv=\"Content-Security-Policy\" content=\"{CSP}\">\n"
         "<meta name=\"viewport\" content=\"width=device-width, initial-scale=1\">\n"
-        f"<title>{html.escape(title)}</title>\n<style>{' '.join(CSS.split())}</style>\n</head>\n<body>\n"
+        f"<title>{html.escape(title)}</title>\n<style>{CSS}</style>\n</head>\n<body>\n"
         f"{body_html}\n</body>\n</html>"
     )
-    return re.sub(r">\s*\n\s*<", "><", page) + "\n"
+    return compact(page)
+
+
+def compact(page: str) -> str:
+    """The page without line breaks between tags, its CSS on one line (see html_page)."""
+    page = re.sub(r"<style>(.*?)</style>", lambda m: f"<style>{' '.join(m.group(1).split())}</style>", page, flags=re.S)
+    return re.sub(r">\s*\n\s*<", "><", page.strip()) + "\n"
 
 
 def html_table(
