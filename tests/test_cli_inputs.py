@@ -1,0 +1,58 @@
+"""Bad input a new user gives the commands: one error naming the problem and the fix, exit status 2,
+and no work done first. Also what the commands print when they succeed quietly."""
+
+from __future__ import annotations
+
+import socket
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from digitlab import config
+from digitlab.cli import main
+from digitlab.errors import DigitlabError
+
+
+@pytest.fixture
+def noisy_png(tmp_path):
+    rng = np.random.default_rng(0)
+    arr = np.zeros((28, 28), np.uint8)
+    arr[6:22, 12:16] = 255
+    arr = np.clip(arr + rng.normal(0, 60, arr.shape), 0, 255).astype(np.uint8)
+    path = tmp_path / "noisy.png"
+    Image.fromarray(arr).save(path)
+    return path
+
+
+@pytest.mark.parametrize("flags, problem", [
+    (["-o", "{tmp}"], "is a folder"),                      # was an IsADirectoryError traceback
+    (["-o", "{tmp}/clean.jpg"], "does not end in .png"),   # was a PNG silently named .jpg
+    (["-o", "{tmp}/noisy.png/clean.png"], "which is a file"),
+    (["--scale", "100000"], "from 1 to 64"),                # was a 7 TiB allocation and a MemoryError
+    (["--scale", "0"], "from 1 to 64"),
+])
+def test_denoise_rejects_a_bad_output_before_running(noisy_png, capsys, flags, problem):
+    flags = [f.format(tmp=noisy_png.parent) for f in flags]
+    assert main(["denoise", str(noisy_png), *flags]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("error: ") and problem in err and "fix: " in err
+    assert sorted(p.name for p in noisy_png.parent.iterdir()) == ["noisy.png"]  # nothing written
+
+
+def test_denoise_writes_the_png_it_was_asked_for(noisy_png, capsys):
+    out = noisy_png.parent / "clean.png"
+    assert main(["denoise", str(noisy_png), "-o", str(out), "--scale", "2"]) == 0
+    assert Image.open(out).size == (56, 56)
+    assert str(out) in capsys.readouterr().out
+
+
+def test_denoised_save_checks_the_path_too(tmp_path):
+    from digitlab.api import Denoised
+
+    d = Denoised(np.zeros((28, 28), np.float32), None, None)
+    with pytest.raises(DigitlabError, match="does not end in .png"):
+        d.save(tmp_path / "clean.jpg")
+    with pytest.raises(DigitlabError, match="from 1 to 64"):
+        d.save(tmp_path / "clean.png", scale=2.5)
+    assert d.save(tmp_path / "clean.png", scale=3) == tmp_path / "clean.png"
