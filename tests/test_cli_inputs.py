@@ -56,3 +56,18 @@ def test_denoised_save_checks_the_path_too(tmp_path):
     with pytest.raises(DigitlabError, match="from 1 to 64"):
         d.save(tmp_path / "clean.png", scale=2.5)
     assert d.save(tmp_path / "clean.png", scale=3) == tmp_path / "clean.png"
+
+
+def test_serve_port_and_address_errors_name_the_fix():
+    protocol = pytest.importorskip("digitlab.serve.protocol", reason="serve extra not installed")
+    with pytest.raises(DigitlabError, match="not a TCP port"):
+        protocol.check_port("127.0.0.1", 99999)  # was an OverflowError traceback
+    with socket.socket() as busy:
+        busy.bind(("127.0.0.1", 0))
+        busy.listen()
+        with pytest.raises(DigitlabError) as exc:
+            protocol.check_port("127.0.0.1", busy.getsockname()[1])
+        assert "another port" in exc.value.fix
+    with pytest.raises(DigitlabError) as exc:
+        protocol.check_port("192.0.2.1", 8000)  # TEST-NET-1: never an address of this machine
+    assert "--host" in exc.value.fix
