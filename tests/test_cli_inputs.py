@@ -58,6 +58,20 @@ def test_denoised_save_checks_the_path_too(tmp_path):
     assert d.save(tmp_path / "clean.png", scale=3) == tmp_path / "clean.png"
 
 
+def test_a_wrong_choice_lists_every_choice():
+    with pytest.raises(DigitlabError) as exc:
+        config.resolve("recognize", None, {"optimizer": "foo"})
+    assert all(f"'{name}'" in exc.value.fix for name in config.OPTIMIZERS), exc.value.fix
+
+
+@pytest.mark.parametrize("task, key", [("recognize", "junk_weight"), ("compare", "margin"),
+                                       ("denoise", "kind_weight")])
+def test_negative_task_args_are_refused(task, key):
+    with pytest.raises(DigitlabError, match=f"task_args.{key} = -1 is negative"):
+        config.resolve(task, None, {f"task_args.{key}": -1})
+    config.resolve(task, None, {f"task_args.{key}": 0})  # zero is fine: off
+
+
 def test_serve_port_and_address_errors_name_the_fix():
     protocol = pytest.importorskip("digitlab.serve.protocol", reason="serve extra not installed")
     with pytest.raises(DigitlabError, match="not a TCP port"):
