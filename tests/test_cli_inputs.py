@@ -58,6 +58,12 @@ def test_denoised_save_checks_the_path_too(tmp_path):
     assert d.save(tmp_path / "clean.png", scale=3) == tmp_path / "clean.png"
 
 
+def test_a_folder_without_images_is_named(tmp_path, capsys):
+    assert main(["predict", str(tmp_path)]) == 2
+    err = capsys.readouterr().err
+    assert f"{tmp_path} is a folder" in err and "fix: " in err
+
+
 def test_a_wrong_choice_lists_every_choice():
     with pytest.raises(DigitlabError) as exc:
         config.resolve("recognize", None, {"optimizer": "foo"})
