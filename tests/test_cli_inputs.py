@@ -91,3 +91,10 @@ def test_serve_port_and_address_errors_name_the_fix():
     with pytest.raises(DigitlabError) as exc:
         protocol.check_port("192.0.2.1", 8000)  # TEST-NET-1: never an address of this machine
     assert "--host" in exc.value.fix
+
+
+def test_quiet_training_prints_its_run_folder(tmp_path, capsys):
+    run = tmp_path / "run"
+    assert main(["train", "recognize", "--preset", "recognize-smoke", "--out", str(run), "--quiet",
+                 "--set", "epochs=1", "figures=false", "tensorboard=false"]) == 0
+    assert capsys.readouterr().out.strip() == str(run)
