@@ -98,3 +98,11 @@ def test_quiet_training_prints_its_run_folder(tmp_path, capsys):
     assert main(["train", "recognize", "--preset", "recognize-smoke", "--out", str(run), "--quiet",
                  "--set", "epochs=1", "figures=false", "tensorboard=false"]) == 0
     assert capsys.readouterr().out.strip() == str(run)
+
+
+def test_bench_help_shows_one_example_a_line(capsys):
+    with pytest.raises(SystemExit):
+        main(["bench", "startup", "--help"])
+    lines = capsys.readouterr().out.splitlines()
+    assert "  digitlab bench startup" in lines
+    assert any(line.startswith("  digitlab bench startup --run ") for line in lines)
