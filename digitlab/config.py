@@ -346,6 +346,8 @@ def load_preset(name_or_path: str) -> dict:
 
 def resolve(task: str, preset: str | None, overrides: dict) -> TrainConfig:
     """Defaults < preset (or the task's default preset) < explicit overrides."""
+    if task not in TASKS:  # digitlab.train("recognise") reaches here without the CLI's choices
+        raise DigitlabError(f"unknown task {task!r}", f"use one of: {', '.join(TASKS)}")
     values = load_preset(preset or DEFAULT_PRESETS[task])
     if values.get("task", task) != task:
         raise DigitlabError(f"preset {preset!r} is for task {values['task']!r}, not {task!r}",

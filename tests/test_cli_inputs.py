@@ -70,6 +70,13 @@ def test_a_wrong_choice_lists_every_choice():
     assert all(f"'{name}'" in exc.value.fix for name in config.OPTIMIZERS), exc.value.fix
 
 
+def test_an_unknown_task_is_named():
+    import digitlab
+
+    with pytest.raises(DigitlabError, match="unknown task 'recognise'"):  # was a KeyError
+        digitlab.train("recognise")
+
+
 @pytest.mark.parametrize("task, key", [("recognize", "junk_weight"), ("compare", "margin"),
                                        ("denoise", "kind_weight")])
 def test_negative_task_args_are_refused(task, key):
