@@ -34,7 +34,8 @@ def register(sub) -> None:
                    help="any config key, e.g. optimizer=sgd nesterov=true augment.rotate=10")
     p.add_argument("--out", type=Path, help="run directory to create (default runs/TASK/<time>-<model>-s<seed>)")
     p.add_argument("--resume", type=Path, metavar="RUN", help="continue an interrupted run from its checkpoint")
-    p.add_argument("--quiet", action="store_true", help="no per-epoch lines or progress bar; prints only the run folder")
+    p.add_argument("--quiet", action="store_true",
+                   help="no per-epoch lines or progress bar; print only the run folder")
     p.add_argument("--list-models", action="store_true", help="list models and exit")
     p.add_argument("--list-presets", action="store_true", help="list presets and exit")
     p.set_defaults(func=run)

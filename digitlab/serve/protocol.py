@@ -198,7 +198,8 @@ def limit_malloc_arenas(arenas: int = 2) -> bool:
 def check_port(host: str, port: int) -> None:
     """Fail before loading models if the address is taken, with a fix (uvicorn would only log it)."""
     if not 0 <= port <= 65535:
-        raise DigitlabError(f"--port {port} is not a TCP port", "use a port from 1 to 65535 (0: any free one), e.g. --port 8000")
+        raise DigitlabError(f"--port {port} is not a TCP port",
+                            "use a port from 1 to 65535 (0: any free one), e.g. --port 8000")
     try:
         with socket.create_server((host, port)):
             pass
