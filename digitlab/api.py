@@ -122,6 +122,27 @@ class Recognizer(Model):
         return _one_or_all(verdict.read(self.logits(x), self.calibration), single)
 
 
+MAX_SCALE = 64  # 28x28 saved as at most 1792x1792 pixels: enough to look at, far from filling memory
+
+
+def check_png_output(path: str | Path, scale: int = 1) -> Path:
+    """`path` can take a PNG enlarged `scale` times; checked before any work, so a bad name costs nothing."""
+    path = Path(path)
+    if isinstance(scale, bool) or not isinstance(scale, int) or not 1 <= scale <= MAX_SCALE:
+        raise DigitlabError(f"scale {scale!r} must be a whole number from 1 to {MAX_SCALE}",
+                            f"use a scale from 1 (28x28 pixels) to {MAX_SCALE}")
+    if path.is_dir():
+        raise DigitlabError(f"output {path} is a folder", f"name a file, e.g. {path / 'clean.png'}")
+    for parent in path.parents:
+        if parent.exists() and not parent.is_dir():
+            raise DigitlabError(f"output {path} lies under {parent}, which is a file, not a folder",
+                                "choose another output folder")
+    if path.suffix.lower() != ".png":
+        raise DigitlabError(f"output {path} does not end in .png, but the denoised image is written as a PNG",
+                            f"name it {path.with_suffix('.png').name}")
+    return path
+
+
 @dataclass(frozen=True)
 class Denoised:
     image: np.ndarray = field(repr=False)          # (28, 28) float32 in [0, 1], white ink on black
@@ -138,10 +159,10 @@ class Denoised:
 
         from digitlab import io
 
+        path = check_png_output(path, scale)
         arr = (np.clip(np.asarray(self.image, dtype=np.float32), 0, 1) * 255 + 0.5).astype(np.uint8)
         if scale > 1:
             arr = np.kron(arr, np.ones((scale, scale), dtype=np.uint8))
-        path = Path(path)
         path.parent.mkdir(parents=True, exist_ok=True)
         with io.atomic_path(path) as tmp:
             Image.fromarray(arr, mode="L").save(tmp, format="PNG")

@@ -216,6 +216,8 @@ def _fix(key: str, err: dict) -> str:
     """pydantic's "Input should be greater than 0" -> "set lr to a value greater than 0 (default 0.001)"."""
     if err["type"] == "extra_forbidden":
         return f"remove {key}; valid keys: {', '.join(field_names())}"
+    if err["type"] == "literal_error":  # "Input should be 'sgd', 'adam' or 'adamw'": name every choice
+        return f"set {key} to one of {err['ctx']['expected']}"
     want = err["msg"].removeprefix("Input should be ").split(",")[0]
     if not want.startswith(("a ", "an ")):
         want = f"a value {want}"
@@ -275,6 +277,10 @@ def _check_task_args(task: str, values: dict) -> None:
                 type(default), "an integer or null")
             raise DigitlabError(f"invalid config: task_args.{key} = {value!r} is not {want}",
                                 f"e.g. task_args.{key}={default if default is not None else 1000}") from None
+        # every number among the tasks' task_args is a weight, margin, fraction, count or seed
+        if isinstance(value, (int, float)) and not isinstance(value, bool) and value < 0:
+            raise DigitlabError(f"invalid config: task_args.{key} = {value!r} is negative",
+                                f"use 0 or more, e.g. task_args.{key}={default if default is not None else 1000}")
 
 
 def _check_model(cfg: TrainConfig) -> None:
@@ -340,6 +346,8 @@ def load_preset(name_or_path: str) -> dict:
 
 def resolve(task: str, preset: str | None, overrides: dict) -> TrainConfig:
     """Defaults < preset (or the task's default preset) < explicit overrides."""
+    if task not in TASKS:  # digitlab.train("recognise") reaches here without the CLI's choices
+        raise DigitlabError(f"unknown task {task!r}", f"use one of: {', '.join(TASKS)}")
     values = load_preset(preset or DEFAULT_PRESETS[task])
     if values.get("task", task) != task:
         raise DigitlabError(f"preset {preset!r} is for task {values['task']!r}, not {task!r}",

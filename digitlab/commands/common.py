@@ -19,5 +19,6 @@ def split_run(paths: list[Path]) -> tuple[Path | None, list[Path]]:
 
     run, rest = (paths[0], paths[1:]) if paths[0].is_dir() else (None, paths)
     if not rest:
-        raise DigitlabError("no image files given", "name one or more image files after the run folder")
+        raise DigitlabError(f"no image files given: {paths[0]} is a folder, read as the run folder",
+                            "name image files after it, or only image files to use the shipped model")
     return run, rest

@@ -21,7 +21,7 @@ def register(sub) -> None:
                    help="optionally a denoise run folder (default: the shipped model), then noisy image files")
     p.add_argument("-o", "--output", type=Path, help="output PNG (one input image)")
     p.add_argument("--out-dir", type=Path, help="folder for <name>.clean.png files (several inputs)")
-    p.add_argument("--scale", type=int, default=1, help="enlarge the saved PNG by this integer factor")
+    p.add_argument("--scale", type=int, default=1, help="enlarge the saved PNG by this whole factor, 1 to 64")
     p.add_argument("--json", action="store_true", help="print one JSON object per image")
     p.set_defaults(func=run)
 
@@ -32,11 +32,11 @@ def run(args) -> int:
     run_dir, images = split_run(args.paths)
     if args.output and len(images) > 1:
         raise DigitlabError("-o names one output file but several images were given", "use --out-dir DIR instead")
-    if args.scale < 1:
-        raise DigitlabError(f"--scale {args.scale} must be a positive integer", "use --scale 1 (28x28) or more")
+    outputs = [args.output or (args.out_dir or path.parent) / f"{path.stem}.clean.png" for path in images]
+    for out in outputs:
+        api.check_png_output(out, args.scale)  # a bad -o or --scale fails before the model runs
     results = api.Denoiser(pretrained.resolve("denoise", run_dir)).denoise(images)
-    for path, r in zip(images, results):
-        out = args.output or (args.out_dir or path.parent) / f"{path.stem}.clean.png"
+    for path, out, r in zip(images, outputs, results):
         r.save(out, args.scale)
         if args.json:
             rec = {"image": str(path), "output": str(out)}

@@ -34,7 +34,8 @@ def register(sub) -> None:
                    help="any config key, e.g. optimizer=sgd nesterov=true augment.rotate=10")
     p.add_argument("--out", type=Path, help="run directory to create (default runs/TASK/<time>-<model>-s<seed>)")
     p.add_argument("--resume", type=Path, metavar="RUN", help="continue an interrupted run from its checkpoint")
-    p.add_argument("--quiet", action="store_true", help="no per-epoch lines or progress bar")
+    p.add_argument("--quiet", action="store_true",
+                   help="no per-epoch lines or progress bar; print only the run folder")
     p.add_argument("--list-models", action="store_true", help="list models and exit")
     p.add_argument("--list-presets", action="store_true", help="list presets and exit")
     p.set_defaults(func=run)
@@ -47,8 +48,7 @@ def run(args) -> int:
 
     if args.resume:
         cfg = runs.load_config(args.resume)
-        loop.train(cfg, run_dir=args.resume, resume=True, quiet=args.quiet)
-        return 0
+        return _done(loop.train(cfg, run_dir=args.resume, resume=True, quiet=args.quiet), args.quiet)
     if not args.task:
         raise DigitlabError("no task given", "write `digitlab train recognize` (or denoise, compare)")
     overrides = {k: getattr(args, k) for k in ("model", "epochs", "batch_size", "lr", "seed",
@@ -66,7 +66,14 @@ def run(args) -> int:
                             "choose a new folder, or continue it with --resume")
     if args.out is not None:
         args.out.mkdir(parents=True, exist_ok=True)
-    loop.train(cfg, run_dir=args.out, quiet=args.quiet)
+    return _done(loop.train(cfg, run_dir=args.out, quiet=args.quiet), args.quiet)
+
+
+def _done(run_dir: Path | None, quiet: bool) -> int:
+    """Even a quiet run says where it went: its folder name holds a time the caller cannot guess.
+    (Under torchrun only the first process gets the folder back.)"""
+    if quiet and run_dir is not None:
+        print(run_dir)
     return 0
 
 

@@ -26,6 +26,7 @@ installed (the serve extra brings it): accepting and closing a connection then c
 
 from __future__ import annotations
 
+import errno
 import logging
 import resource
 import socket
@@ -196,12 +197,16 @@ def limit_malloc_arenas(arenas: int = 2) -> bool:
 
 def check_port(host: str, port: int) -> None:
     """Fail before loading models if the address is taken, with a fix (uvicorn would only log it)."""
+    if not 0 <= port <= 65535:
+        raise DigitlabError(f"--port {port} is not a TCP port",
+                            "use a port from 1 to 65535 (0: any free one), e.g. --port 8000")
     try:
         with socket.create_server((host, port)):
             pass
     except OSError as exc:
-        raise DigitlabError(f"cannot listen on {host}:{port}: {exc.strerror or exc}",
-                            "pick another port with --port, or stop the program using it") from None
+        fix = ("pick another port with --port, or stop the program using it" if exc.errno == errno.EADDRINUSE
+               else "use an address of this machine with --host (default 127.0.0.1)")
+        raise DigitlabError(f"cannot listen on {host}:{port}: {exc.strerror or exc}", fix) from None
 
 
 def uvicorn_options(host: str, port: int, max_connections: int, header_timeout: float,
@@ -209,7 +214,7 @@ def uvicorn_options(host: str, port: int, max_connections: int, header_timeout: 
     """uvicorn.run's settings with this module's limits, and a note when the connection cap had to be
     lowered to fit the open-files limit. Also quiets the per-connection logs and malloc's arenas."""
     if max_connections < 1 or not 0 < header_timeout <= 600:
-        raise DigitlabError(f"--max-connections {max_connections} / --header-timeout {header_timeout}",
+        raise DigitlabError(f"--max-connections {max_connections} / --header-timeout {header_timeout} is out of range",
                             "use at least 1 connection and a header timeout in (0, 600] seconds")
     fds = raise_fd_limit()
     # Up to 2x the cap can be open briefly, plus a few accept batches of `backlog` sockets each.

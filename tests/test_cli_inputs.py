@@ -1,0 +1,115 @@
+"""Bad input a new user gives the commands: one error naming the problem and the fix, exit status 2,
+and no work done first. Also what the commands print when they succeed quietly."""
+
+from __future__ import annotations
+
+import socket
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from digitlab import config
+from digitlab.cli import main
+from digitlab.errors import DigitlabError
+
+
+@pytest.fixture
+def noisy_png(tmp_path):
+    rng = np.random.default_rng(0)
+    arr = np.zeros((28, 28), np.uint8)
+    arr[6:22, 12:16] = 255
+    arr = np.clip(arr + rng.normal(0, 60, arr.shape), 0, 255).astype(np.uint8)
+    path = tmp_path / "noisy.png"
+    Image.fromarray(arr).save(path)
+    return path
+
+
+@pytest.mark.parametrize("flags, problem", [
+    (["-o", "{tmp}"], "is a folder"),                      # was an IsADirectoryError traceback
+    (["-o", "{tmp}/clean.jpg"], "does not end in .png"),   # was a PNG silently named .jpg
+    (["-o", "{tmp}/noisy.png/clean.png"], "which is a file"),
+    (["--scale", "100000"], "from 1 to 64"),                # was a 7 TiB allocation and a MemoryError
+    (["--scale", "0"], "from 1 to 64"),
+])
+def test_denoise_rejects_a_bad_output_before_running(noisy_png, capsys, flags, problem):
+    flags = [f.format(tmp=noisy_png.parent) for f in flags]
+    assert main(["denoise", str(noisy_png), *flags]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("error: ") and problem in err and "fix: " in err
+    assert sorted(p.name for p in noisy_png.parent.iterdir()) == ["noisy.png"]  # nothing written
+
+
+def test_denoise_writes_the_png_it_was_asked_for(noisy_png, capsys):
+    out = noisy_png.parent / "clean.png"
+    assert main(["denoise", str(noisy_png), "-o", str(out), "--scale", "2"]) == 0
+    assert Image.open(out).size == (56, 56)
+    assert str(out) in capsys.readouterr().out
+
+
+def test_denoised_save_checks_the_path_too(tmp_path):
+    from digitlab.api import Denoised
+
+    d = Denoised(np.zeros((28, 28), np.float32), None, None)
+    with pytest.raises(DigitlabError, match="does not end in .png"):
+        d.save(tmp_path / "clean.jpg")
+    with pytest.raises(DigitlabError, match="from 1 to 64"):
+        d.save(tmp_path / "clean.png", scale=2.5)
+    assert d.save(tmp_path / "clean.png", scale=3) == tmp_path / "clean.png"
+
+
+def test_a_folder_without_images_is_named(tmp_path, capsys):
+    assert main(["predict", str(tmp_path)]) == 2
+    err = capsys.readouterr().err
+    assert f"{tmp_path} is a folder" in err and "fix: " in err
+
+
+def test_a_wrong_choice_lists_every_choice():
+    with pytest.raises(DigitlabError) as exc:
+        config.resolve("recognize", None, {"optimizer": "foo"})
+    assert all(f"'{name}'" in exc.value.fix for name in config.OPTIMIZERS), exc.value.fix
+
+
+def test_an_unknown_task_is_named():
+    import digitlab
+
+    with pytest.raises(DigitlabError, match="unknown task 'recognise'"):  # was a KeyError
+        digitlab.train("recognise")
+
+
+@pytest.mark.parametrize("task, key", [("recognize", "junk_weight"), ("compare", "margin"),
+                                       ("denoise", "kind_weight")])
+def test_negative_task_args_are_refused(task, key):
+    with pytest.raises(DigitlabError, match=f"task_args.{key} = -1 is negative"):
+        config.resolve(task, None, {f"task_args.{key}": -1})
+    config.resolve(task, None, {f"task_args.{key}": 0})  # zero is fine: off
+
+
+def test_serve_port_and_address_errors_name_the_fix():
+    protocol = pytest.importorskip("digitlab.serve.protocol", reason="serve extra not installed")
+    with pytest.raises(DigitlabError, match="not a TCP port"):
+        protocol.check_port("127.0.0.1", 99999)  # was an OverflowError traceback
+    with socket.socket() as busy:
+        busy.bind(("127.0.0.1", 0))
+        busy.listen()
+        with pytest.raises(DigitlabError) as exc:
+            protocol.check_port("127.0.0.1", busy.getsockname()[1])
+        assert "another port" in exc.value.fix
+    with pytest.raises(DigitlabError) as exc:
+        protocol.check_port("192.0.2.1", 8000)  # TEST-NET-1: never an address of this machine
+    assert "--host" in exc.value.fix
+
+
+def test_quiet_training_prints_its_run_folder(tmp_path, capsys):
+    run = tmp_path / "run"
+    assert main(["train", "recognize", "--preset", "recognize-smoke", "--out", str(run), "--quiet",
+                 "--set", "epochs=1", "figures=false", "tensorboard=false"]) == 0
+    assert capsys.readouterr().out.strip() == str(run)
+
+
+def test_bench_help_shows_one_example_a_line(capsys):
+    with pytest.raises(SystemExit):
+        main(["bench", "startup", "--help"])
+    lines = capsys.readouterr().out.splitlines()
+    assert "  digitlab bench startup" in lines
+    assert any(line.startswith("  digitlab bench startup --run ") for line in lines)
