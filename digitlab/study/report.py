@@ -332,7 +332,7 @@ def _grad_norms_figure(rows: list[dict], path: Path) -> Path | None:
         ax.plot(range(len(layers)), ys, marker="o", color=f"C{i % 10}", label=r["setting"])
     ax.set_yscale("log")
     ax.set_xticks(range(len(layers)), layers, rotation=45, ha="right", fontsize=8)
-    figures._style_axes(ax, "layer (input to output)", "gradient norm (RMS over steps)",
+    figures._style_axes(ax, "layer (in the order the model defines them)", "gradient norm (RMS over steps)",
                         "Per-layer gradient norm in the last epoch")
     ax.legend(fontsize=8)
     return figures._save(fig, path)
