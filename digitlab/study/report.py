@@ -115,7 +115,7 @@ def summarize(groups: list[tuple[str, list[Run]]], metric: str) -> list[dict]:
                              ("val_final", finals),
                              ("test", [r.metrics.get(f"test_{metric}") for r in done])):
             row[f"{name}_mean"], row[f"{name}_std"] = _stats(values)
-        for name in {k for r in done for k in EXTRA_TEST.get(r.config.get("task"), ())}:
+        for name in dict.fromkeys(k for r in done for k in EXTRA_TEST.get(r.config.get("task"), ())):
             row[f"test_{name}_mean"], row[f"test_{name}_std"] = _stats([r.metrics.get(f"test_{name}") for r in done])
         for key in ("params", "flops_per_image", "seconds_per_epoch", "peak_rss_mb", "peak_cuda_mb", "epochs_run"):
             row[key] = _stats([r.metrics.get(key) for r in done])[0]
@@ -332,7 +332,7 @@ def _grad_norms_figure(rows: list[dict], path: Path) -> Path | None:
         ax.plot(range(len(layers)), ys, marker="o", color=f"C{i % 10}", label=r["setting"])
     ax.set_yscale("log")
     ax.set_xticks(range(len(layers)), layers, rotation=45, ha="right", fontsize=8)
-    figures.style_axes(ax, "layer (input to output)", "gradient norm (RMS over steps)",
+    figures.style_axes(ax, "layer (in the order the model defines them)", "gradient norm (RMS over steps)",
                         "Per-layer gradient norm in the last epoch")
     ax.legend(fontsize=8)
     return figures.save_figure(fig, path)
