@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import importlib
 
-BENCHES = ["train", "recognize", "denoise", "compare", "serve", "startup", "junk", "shift"]
+BENCHES = ["train", "recognize", "inference", "denoise", "compare", "serve", "startup", "junk", "shift"]
 
 
 def register(sub) -> None:

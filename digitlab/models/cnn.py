@@ -56,7 +56,7 @@ class DigitNetFast(nn.Module):
     FLOPs at 14x14 and 7x7, max-pooled in between, and a linear head reads the 3x3 map.
     `convs` is how many 3x3 convs run at (14x14, 7x7). See docs/speed.md for the measurements."""
 
-    def __init__(self, widths=(16, 32, 64), convs=(1, 1), stem_kernel: int = 2, dropout: float = 0.0,
+    def __init__(self, widths=(16, 32, 64), convs=(1, 2), stem_kernel: int = 2, dropout: float = 0.0,
                  activation: str = "relu"):
         super().__init__()
         if len(widths) != 3 or len(convs) != 2:
@@ -77,6 +77,6 @@ class DigitNetFast(nn.Module):
 
 
 @register("digitnet_fast", task="recognize")
-def digitnet_fast(widths=(16, 32, 64), convs=(1, 1), stem_kernel: int = 2, dropout: float = 0.0,
+def digitnet_fast(widths=(16, 32, 64), convs=(1, 2), stem_kernel: int = 2, dropout: float = 0.0,
                   activation: str = "relu") -> nn.Module:
     return DigitNetFast(tuple(widths), tuple(convs), stem_kernel, dropout, activation)
