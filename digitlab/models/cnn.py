@@ -51,12 +51,13 @@ def digitnet(widths=(32, 64, 128), convs_per_stage: int = 1, dropout: float = 0.
 
 
 class DigitNetFast(nn.Module):
-    """DigitNet for a CPU budget of seconds: no convolution runs at 28x28. A 2x2 stride-2 "patchify"
-    stem (as in ConvNeXt) takes the image to 14x14 in one cheap step; the 3x3 convs then spend the
-    FLOPs at 14x14 and 7x7, max-pooled in between, and a linear head reads the 3x3 map.
-    `convs` is how many 3x3 convs run at (14x14, 7x7). See docs/speed.md for the measurements."""
+    """DigitNet for a CPU budget of seconds: no convolution runs at 28x28. A 4x4 stride-2 stem
+    (overlapping patches; 2x2 would be ConvNeXt's "patchify") takes the image to 14x14 in one step,
+    cheap as it has one input channel; the 3x3 convs then spend the FLOPs at 14x14 and 7x7,
+    max-pooled in between, and a linear head reads the 3x3 map. `convs` is how many 3x3 convs run
+    at (14x14, 7x7). See docs/speed.md for the measurements."""
 
-    def __init__(self, widths=(16, 32, 64), convs=(1, 2), stem_kernel: int = 2, dropout: float = 0.0,
+    def __init__(self, widths=(16, 32, 64), convs=(1, 2), stem_kernel: int = 4, dropout: float = 0.0,
                  activation: str = "relu"):
         super().__init__()
         if len(widths) != 3 or len(convs) != 2:
@@ -77,6 +78,6 @@ class DigitNetFast(nn.Module):
 
 
 @register("digitnet_fast", task="recognize")
-def digitnet_fast(widths=(16, 32, 64), convs=(1, 2), stem_kernel: int = 2, dropout: float = 0.0,
+def digitnet_fast(widths=(16, 32, 64), convs=(1, 2), stem_kernel: int = 4, dropout: float = 0.0,
                   activation: str = "relu") -> nn.Module:
     return DigitNetFast(tuple(widths), tuple(convs), stem_kernel, dropout, activation)
