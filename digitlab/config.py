@@ -75,7 +75,8 @@ class TrainConfig:
     # machine
     device: str = "auto"           # auto: cuda, then mps, then cpu
     threads: int = 0               # torch CPU threads; 0 = torch's default
-    amp: bool = True               # mixed precision on CUDA only
+    amp: bool = True               # mixed precision on CUDA (bf16 where supported, else fp16)
+    cpu_amp: bool = False          # bf16 autocast on a CPU with native bf16 instructions (docs/speed.md)
     compile: bool = False          # torch.compile the model
     progress: bool = True          # tqdm progress bar
     tensorboard: bool = True
@@ -178,6 +179,7 @@ class _Schema(BaseModel):
     device: Annotated[str, Field(pattern=r"^(auto|cpu|mps|cuda(:[0-9]+)?)$")]
     threads: Annotated[Int, Field(ge=0, le=1024)]
     amp: StrictBool
+    cpu_amp: StrictBool
     compile: StrictBool
     progress: StrictBool
     tensorboard: StrictBool

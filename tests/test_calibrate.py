@@ -32,6 +32,19 @@ def test_ece_is_zero_when_confidence_matches_accuracy_exactly():
     assert calibrate.ece(probs, labels) == pytest.approx(0.0, abs=1e-4)  # torchmetrics bins in float32
 
 
+@pytest.mark.parametrize("temperature", [0.3, 1.0, 4.0])
+def test_ece_agrees_with_torchmetrics(temperature):
+    # ece is written out (importing torchmetrics is slow); it must bin exactly as torchmetrics does,
+    # including a confidence of exactly 1.0 (a bin of its own there)
+    tm = pytest.importorskip("torchmetrics.functional.classification")
+    z, labels = sampled(5_000, 1.0, seed=1)
+    probs = (z / temperature).softmax(1)
+    probs[0] = 0.0
+    probs[0, 4] = 1.0
+    want = float(tm.multiclass_calibration_error(probs, labels, num_classes=10, n_bins=15, norm="l1"))
+    assert calibrate.ece(probs, labels) == pytest.approx(want, abs=1e-5)  # torchmetrics sums in float32
+
+
 def test_ece_small_for_sampled_labels_and_large_for_overconfidence():
     z, labels = sampled(20_000, 2.0)
     assert calibrate.ece((z / 2.0).softmax(1), labels) < 0.02   # labels really drawn from these probabilities

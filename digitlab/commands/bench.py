@@ -6,7 +6,7 @@ import argparse
 import importlib
 from functools import partial
 
-BENCHES = ["train", "recognize", "denoise", "compare", "serve", "startup", "junk", "shift"]
+BENCHES = ["train", "recognize", "inference", "denoise", "compare", "serve", "startup", "junk", "shift"]
 
 
 def register(sub) -> None:

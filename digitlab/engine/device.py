@@ -40,6 +40,11 @@ def pick_device(name: str = "auto") -> torch.device:
     return torch.device(name)
 
 
+def cpu_has_bf16() -> bool:
+    """Whether oneDNN runs bf16 natively here (AVX512-BF16 or AMX); elsewhere bf16 is emulated, slower."""
+    return torch.backends.mkldnn.is_available() and torch.ops.mkldnn._is_mkldnn_bf16_supported()
+
+
 def setup(device: str = "auto", threads: int = 0) -> Placement:
     """Pick the device; under torchrun (WORLD_SIZE > 1) join the process group:
     nccl on GPUs (one per local rank), gloo on CPU."""

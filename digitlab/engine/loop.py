@@ -372,7 +372,10 @@ def _ema_update(decay: float) -> Callable[[list[torch.Tensor], list[torch.Tensor
 
 
 def _amp_dtype(cfg: TrainConfig, dev: torch.device) -> torch.dtype | None:
-    """Mixed precision on CUDA only: bf16 where supported (no scaler needed), else fp16."""
+    """Mixed precision on CUDA: bf16 where supported (no scaler needed), else fp16. On a CPU with
+    native bf16 (cpu_amp): bf16, a 1.4x faster train step for digitnet_fast (docs/speed.md)."""
+    if dev.type == "cpu":
+        return torch.bfloat16 if cfg.cpu_amp and devices.cpu_has_bf16() else None
     if not cfg.amp or dev.type != "cuda":
         return None
     return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16

@@ -48,3 +48,36 @@ class DigitNet(nn.Module):
 def digitnet(widths=(32, 64, 128), convs_per_stage: int = 1, dropout: float = 0.0,
              activation: str = "relu") -> nn.Module:
     return DigitNet(tuple(widths), convs_per_stage, dropout, activation)
+
+
+class DigitNetFast(nn.Module):
+    """DigitNet for a CPU budget of seconds: no convolution runs at 28x28. A 4x4 stride-2 stem
+    (overlapping patches; 2x2 would be ConvNeXt's "patchify") takes the image to 14x14 in one step,
+    cheap as it has one input channel; the 3x3 convs then spend the FLOPs at 14x14 and 7x7,
+    max-pooled in between, and a linear head reads the 3x3 map. `convs` is how many 3x3 convs run
+    at (14x14, 7x7). See docs/speed.md for the measurements."""
+
+    def __init__(self, widths=(16, 32, 64), convs=(1, 2), stem_kernel: int = 4, dropout: float = 0.0,
+                 activation: str = "relu"):
+        super().__init__()
+        if len(widths) != 3 or len(convs) != 2:
+            raise ValueError(f"widths needs 3 numbers (stem, 14x14, 7x7) and convs 2, got {widths} and {convs}")
+        stem, mid, low = widths
+        layers: list[nn.Module] = [Normalize(), conv_bn_act(1, stem, activation, kernel=stem_kernel, stride=2)]
+        cin = stem
+        for width, count in zip((mid, low), convs):
+            for _ in range(count):
+                layers.append(conv_bn_act(cin, width, activation))
+                cin = width
+            layers.append(nn.MaxPool2d(2))  # 14 -> 7 -> 3
+        self.features = nn.Sequential(*layers)
+        self.head = nn.Sequential(nn.Flatten(), nn.Dropout(dropout), nn.Linear(cin * 3 * 3, 10))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:  # (B,1,28,28) in [0,1] -> (B,10) logits
+        return self.head(self.features(x))
+
+
+@register("digitnet_fast", task="recognize")
+def digitnet_fast(widths=(16, 32, 64), convs=(1, 2), stem_kernel: int = 4, dropout: float = 0.0,
+                  activation: str = "relu") -> nn.Module:
+    return DigitNetFast(tuple(widths), tuple(convs), stem_kernel, dropout, activation)

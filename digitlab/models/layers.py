@@ -43,7 +43,8 @@ class Normalize(nn.Module):
 
 def conv_bn_act(cin: int, cout: int, act: str, kernel: int = 3, stride: int = 1) -> nn.Sequential:
     return nn.Sequential(
-        nn.Conv2d(cin, cout, kernel, stride=stride, padding=kernel // 2, bias=False),
+        # (kernel - 1) // 2: "same" for odd kernels; an even kernel with stride 2 halves the side exactly.
+        nn.Conv2d(cin, cout, kernel, stride=stride, padding=(kernel - 1) // 2, bias=False),
         nn.BatchNorm2d(cout),
         make_activation(act),
     )
