@@ -113,3 +113,14 @@ def test_bench_help_shows_one_example_a_line(capsys):
     lines = capsys.readouterr().out.splitlines()
     assert "  digitlab bench startup" in lines
     assert any(line.startswith("  digitlab bench startup --run ") for line in lines)
+
+
+@pytest.mark.parametrize("value", ["abc", "[32,-1]", "[]", "64"])
+def test_bad_model_widths_are_named_before_any_data_loads(tmp_path, monkeypatch, capsys, value):
+    monkeypatch.setenv("DIGITLAB_DATA", str(tmp_path / "no-data"))  # loading would fail differently
+    run = tmp_path / "run"
+    assert main(["train", "recognize", "--out", str(run), "--set", f"model_args.widths={value}"]) == 2
+    err = capsys.readouterr().err
+    assert "model_args.widths" in err and "list of positive integers" in err, err
+    assert "model_args.widths=[32,64,128]" in err  # the fix shows the default as an example
+    assert not run.exists()
