@@ -124,3 +124,12 @@ def test_bad_model_widths_are_named_before_any_data_loads(tmp_path, monkeypatch,
     assert "model_args.widths" in err and "list of positive integers" in err, err
     assert "model_args.widths=[32,64,128]" in err  # the fix shows the default as an example
     assert not run.exists()
+
+
+@pytest.mark.parametrize("val_size", [0, 1000, 60000])
+def test_a_bad_val_size_names_the_valid_range(val_size):
+    from digitlab.tasks.base import split_indices
+
+    with pytest.raises(DigitlabError) as exc:
+        split_indices(1000, val_size, 0)
+    assert "from 1 to 999" in exc.value.fix and "val_size=100" in exc.value.fix, exc.value.fix
