@@ -133,3 +133,21 @@ def test_a_bad_val_size_names_the_valid_range(val_size):
     with pytest.raises(DigitlabError) as exc:
         split_indices(1000, val_size, 0)
     assert "from 1 to 999" in exc.value.fix and "val_size=100" in exc.value.fix, exc.value.fix
+
+
+def test_resuming_a_finished_run_says_so_without_loading_data_or_writing(tmp_path, monkeypatch, capsys):
+    from digitlab.tasks import base
+
+    run = tmp_path / "run"
+    assert main(["train", "recognize", "--preset", "recognize-smoke", "--out", str(run), "--quiet",
+                 "--set", "epochs=1", "figures=false", "tensorboard=false"]) == 0
+    capsys.readouterr()
+    before = {p.name: p.stat().st_mtime_ns for p in run.rglob("*")}
+
+    def no_data(*args, **kwargs):
+        raise AssertionError("a finished run reloaded its data")
+
+    monkeypatch.setattr(base, "split_indices", no_data)
+    assert main(["train", "--resume", str(run)]) == 0
+    assert "already finished" in capsys.readouterr().out
+    assert {p.name: p.stat().st_mtime_ns for p in run.rglob("*")} == before  # no file touched
