@@ -151,3 +151,10 @@ def test_resuming_a_finished_run_says_so_without_loading_data_or_writing(tmp_pat
     assert main(["train", "--resume", str(run)]) == 0
     assert "already finished" in capsys.readouterr().out
     assert {p.name: p.stat().st_mtime_ns for p in run.rglob("*")} == before  # no file touched
+
+
+def test_compare_usage_says_it_takes_one_pair(capsys):
+    with pytest.raises(SystemExit):
+        main(["compare", "--help"])
+    usage = capsys.readouterr().out.split("\n\n")[0]
+    assert usage.endswith("[RUN] A B") and "..." not in usage, usage
