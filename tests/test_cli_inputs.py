@@ -158,3 +158,16 @@ def test_compare_usage_says_it_takes_one_pair(capsys):
         main(["compare", "--help"])
     usage = capsys.readouterr().out.split("\n\n")[0]
     assert usage.endswith("[RUN] A B") and "..." not in usage, usage
+
+
+def test_missing_bm3d_names_the_extra(monkeypatch):
+    import sys
+
+    import torch
+
+    from digitlab.bench import denoise
+
+    monkeypatch.setitem(sys.modules, "bm3d", None)  # not installed, whatever this machine has
+    with pytest.raises(DigitlabError) as exc:
+        denoise.classical("bm3d", torch.zeros(1, 1, 28, 28))
+    assert exc.value.fix.startswith("pip install 'digitlab[bm3d]'"), exc.value.fix  # as the README says
