@@ -171,3 +171,11 @@ def test_missing_bm3d_names_the_extra(monkeypatch):
     with pytest.raises(DigitlabError) as exc:
         denoise.classical("bm3d", torch.zeros(1, 1, 28, 28))
     assert exc.value.fix.startswith("pip install 'digitlab[bm3d]'"), exc.value.fix  # as the README says
+
+
+@pytest.mark.parametrize("command", ["export", "eval"])
+def test_a_run_path_that_does_not_exist_is_named(tmp_path, capsys, command):
+    missing = tmp_path / "runs" / "typo"
+    assert main([command, str(missing)]) == 2
+    err = capsys.readouterr().err
+    assert f"{missing} does not exist" in err and "fix: " in err, err
