@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import Annotated, Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, StrictBool, TypeAdapter, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, StrictBool, StrictInt, TypeAdapter, ValidationError
 
 from digitlab.errors import DigitlabError
 
@@ -296,6 +296,7 @@ def _check_model(cfg: TrainConfig) -> None:
     if cfg.model not in names:
         raise DigitlabError(f"invalid config: model {cfg.model!r} is not a {cfg.task} model",
                             f"use one of: {', '.join(names)}")
+    _check_model_arg_lists(cfg.model, cfg.model_kwargs())
     try:
         with torch.device("meta"):
             registry.create(cfg.model, **cfg.model_kwargs())
@@ -304,6 +305,27 @@ def _check_model(cfg: TrainConfig) -> None:
     except Exception as exc:  # noqa: BLE001 - constructors raise ValueError/KeyError/... for bad args
         raise DigitlabError(f"invalid config: model_args for {cfg.model!r}: {exc}",
                             "check the model_args values against the model's docstring") from None
+
+
+_PositiveInts = Annotated[list[Annotated[StrictInt, Field(gt=0)]], Field(min_length=1)]
+
+
+def _check_model_arg_lists(model: str, args: dict) -> None:
+    """A model_arg whose default is a tuple of integers (widths, strides) takes a list of positive
+    integers; anything else would fail deep in torch.nn.Conv2d with an unrelated message."""
+    from digitlab.models import registry
+
+    for key, default in registry.defaults(model).items():
+        if key not in args or not isinstance(default, (tuple, list)):
+            continue
+        if not all(isinstance(d, int) for d in default):
+            continue
+        try:
+            TypeAdapter(_PositiveInts).validate_python(args[key])
+        except ValidationError:
+            raise DigitlabError(f"invalid config: model_args.{key} = {args[key]!r} is not a list of positive integers",
+                                f"model_args.{key} must be a list of positive integers, "
+                                f"e.g. --set model_args.{key}=[{','.join(map(str, default))}]")
 
 
 def parse_set(items: list[str]) -> dict:

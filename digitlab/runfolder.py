@@ -30,6 +30,9 @@ TASKS = ("recognize", "denoise", "compare")
 
 def check_run_dir(path: str | os.PathLike) -> Path:
     path = Path(path)
+    if not path.exists():
+        raise DigitlabError(f"{path} does not exist",
+                            "check the path: pass a folder made by `digitlab train`, e.g. runs/recognize/<name>")
     if not (path / "config.json").is_file():
         raise DigitlabError(f"{path} is not a digitlab run directory (no config.json)",
                             "pass a folder made by `digitlab train`, e.g. runs/recognize/<name>")

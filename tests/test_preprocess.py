@@ -180,6 +180,18 @@ def test_decompression_bomb_refused():
     assert e.value.fix
 
 
+def test_pils_own_bomb_refusal_reads_like_ours():
+    """Above Pillow's limit (about 179 Mpx) Image.open refuses before the size is known; the user
+    saw Pillow's raw text there and digitlab's own message below it."""
+    with pytest.raises(DigitlabError) as ours:
+        load_image(png_header_only(8000, 8000))
+    with pytest.raises(DigitlabError) as pils:
+        load_image(png_header_only(20000, 20000))
+    limit = 2 * Image.MAX_IMAGE_PIXELS
+    assert str(pils.value) == str(ours.value).replace("8000x8000 = 64,000,000", f"over {limit:,}")
+    assert "the limit is 40,000,000 (possible decompression bomb)" in str(pils.value)
+
+
 @pytest.mark.filterwarnings("ignore::PIL.Image.DecompressionBombWarning")  # PIL warns at open, we refuse
 def test_real_one_bit_bomb_png():
     data = encode(Image.new("1", (12000, 12000)))  # 144 M pixels compress to a few hundred kB

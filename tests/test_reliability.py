@@ -137,6 +137,7 @@ def test_damaged_checkpoint_on_resume_is_exit_2(kind, finished_run, tmp_path, ca
 
 def test_checkpoint_of_another_model_is_exit_2(finished_run, tmp_path, capsys):
     run = copy_run(finished_run, tmp_path / "r")
+    (run / "metrics.json").unlink()  # killed before finishing: a finished run is not resumed at all
     state = runs.load_checkpoint(run)
     state["model"] = {"conv.weight": torch.zeros(2)}
     torch.save(state, run / "checkpoint.pt")
@@ -206,6 +207,7 @@ def test_failure_in_a_new_auto_named_folder_removes_it(tmp_path, monkeypatch):
 
 def test_temp_file_of_a_killed_save_is_removed_on_resume(finished_run, tmp_path):
     run = copy_run(finished_run, tmp_path / "r")
+    (run / "metrics.json").unlink()  # killed before finishing: a finished run is left untouched
     leftover = run / ".checkpoint.pt.k1ll3d.tmp"
     leftover.write_bytes(b"half a checkpoint")
     assert main(["train", "--resume", str(run), "--quiet"]) == 0

@@ -135,3 +135,17 @@ def test_every_study_file_is_published_with_its_report_summary_and_verdict():
         assert summary.get("verdict") and summary.get("conclusion"), name
         assert (folder / "report.md").is_file() and f"{name}/report.md" in index and name in record, name
         assert not (folder / "runs").exists() and not (folder / "optuna.db").exists(), name
+
+
+def test_per_class_figure_lays_out_a_tuning_reports_long_labels(tmp_path):
+    """`digitlab tune` names every tuned value in a setting; 8 such labels in the axes were wider than
+    the figure and matplotlib warned "constrained_layout not applied" to the user."""
+    import warnings
+
+    from digitlab.study import report
+
+    labels = [f"#{i} lr=0.00{i}34, widths=[8, 16, 32], dropout=0.{i}5, batch_size=128" for i in range(8)]
+    rows = [{"setting": label, "per_class": [0.95 + 0.004 * c for c in range(10)]} for label in labels]
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        assert report._per_class_figure(rows, tmp_path / "per_class.png").is_file()

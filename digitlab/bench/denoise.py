@@ -142,7 +142,8 @@ def classical(method: str, noisy: torch.Tensor, workers: int = 1) -> torch.Tenso
             try:
                 import bm3d  # noqa: F401
             except ImportError:
-                raise DigitlabError("the bm3d package is not installed", "pip install bm3d, then rerun") from None
+                raise DigitlabError("--method bm3d needs the bm3d extra (bm3d is not installed)",
+                                    "pip install 'digitlab[bm3d]', then rerun") from None
         chunks = np.array_split(x, max(1, workers * 4))
         if workers > 1:
             from concurrent.futures import ProcessPoolExecutor

@@ -6,9 +6,11 @@ import argparse
 from pathlib import Path
 
 
-def add_parser(sub, name: str, help: str, description: str, examples: list[str]) -> argparse.ArgumentParser:
-    """The command's parser; `examples` are listed under --help as written, one a line."""
-    return sub.add_parser(name, help=help, description=description,
+def add_parser(sub, name: str, help: str, description: str, examples: list[str],
+               usage: str | None = None) -> argparse.ArgumentParser:
+    """The command's parser; `examples` are listed under --help as written, one a line. `usage`
+    replaces argparse's generated line where it cannot say what the positionals take."""
+    return sub.add_parser(name, help=help, description=description, usage=usage,
                           formatter_class=argparse.RawDescriptionHelpFormatter,
                           epilog="examples:\n" + "\n".join(f"  {e}" for e in examples))
 

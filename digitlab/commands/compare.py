@@ -12,7 +12,9 @@ def register(sub) -> None:
     p = add_parser(sub, "compare", help="probability that two images show the same digit",
                    description="Both files get MNIST's preprocessing (see `digitlab predict`), then a siamese "
                                "network scores the pair: the shipped one, or the run folder given first.",
-                   examples=["digitlab compare a.png b.png", "digitlab compare runs/compare/<run> a.png b.png --json"])
+                   examples=["digitlab compare a.png b.png", "digitlab compare runs/compare/<run> a.png b.png --json"],
+                   # nargs="+" would print "[RUN] A B [[RUN] A B ...]", as if it took several pairs
+                   usage="%(prog)s [-h] [--threshold THRESHOLD] [--json] [RUN] A B")
     p.add_argument("paths", type=Path, nargs="+", metavar="[RUN] A B",
                    help="optionally a comparison run folder (default: the shipped model), then two image files")
     p.add_argument("--threshold", type=float, default=0.5, help="decision threshold (default 0.5)")

@@ -26,11 +26,13 @@ def register(subparsers) -> None:
                                    "verifying each by the SHA-256 of its raw bytes.")
     common(p, "download into DIR instead of the user cache")
 
-    p = sub.add_parser("info", help="counts per split and class, pixel statistics")
+    p = sub.add_parser("info", help="counts per split and class, pixel statistics",
+                       description="Count the images per split and class and print their pixel statistics.")
     common(p, "folder holding the IDX files (default: DIGITLAB_DATA, then the user cache)")
     p.add_argument("--json", action="store_true", help="print JSON instead of a table")
 
-    p = sub.add_parser("show", help="write a PNG grid of samples, one row per class")
+    p = sub.add_parser("show", help="write a PNG grid of samples, one row per class",
+                       description="Write a PNG grid of sample images from one split, one row per class.")
     common(p, "folder holding the IDX files (default: DIGITLAB_DATA, then the user cache)")
     p.add_argument("--split", default="train", choices=("train", "test"))
     p.add_argument("--per-class", type=int, default=10, metavar="N", help="samples per class (default: 10)")

@@ -8,8 +8,10 @@ from pathlib import Path
 
 def register(sub) -> None:
     p = sub.add_parser("eval", help="re-measure a saved run",
+                       description="Re-measure a saved run on its test (or validation) split, next to the "
+                                   "metrics it stored when training finished.",
                        epilog="example: digitlab eval runs/recognize/<run> --split test")
-    p.add_argument("run", type=Path)
+    p.add_argument("run", type=Path, metavar="RUN", help="a run folder made by `digitlab train`")
     p.add_argument("--split", choices=("test", "val"), default="test")
     p.add_argument("--data-dir", dest="data_dir")
     p.add_argument("--json", action="store_true")

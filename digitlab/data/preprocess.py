@@ -49,7 +49,7 @@ def load_image(source: str | Path | bytes, max_pixels: int = 40_000_000, max_sid
         with Image.open(fp) as img:
             w, h = img.size
             if w * h > max_pixels:
-                raise _too_big(name, w, h, max_pixels)
+                raise _too_big(name, f"{w}x{h} = {w * h:,}", max_pixels)
             if max_side:
                 img.draft(None, (max(1, w * max_side // max(w, h)), max(1, h * max_side // max(w, h))))
             if max_side:  # in place: no second full-size copy of a large image
@@ -57,9 +57,11 @@ def load_image(source: str | Path | bytes, max_pixels: int = 40_000_000, max_sid
                 return _to_gray(_shrink(img, max_side))
             img = ImageOps.exif_transpose(img)  # decodes the pixels
             return _to_gray(img)
-    except Image.DecompressionBombError as e:  # raised by Image.open itself above PIL's own limit
-        raise DigitlabError(f"{name} is too large, possible decompression bomb: {e}",
-                            "downscale the image (a digit needs only a few hundred pixels per side)") from None
+    except Image.DecompressionBombError:
+        # Image.open refuses above twice Image.MAX_IMAGE_PIXELS (Pillow's docs, "open") before
+        # the size can be read: the same message, with the bound that was crossed.
+        pil_limit = 2 * Image.MAX_IMAGE_PIXELS
+        raise _too_big(name, f"over {pil_limit:,}", min(max_pixels, pil_limit)) from None
     except UnidentifiedImageError:
         raise DigitlabError(f"{name} is not an image (its contents are not a known image format)",
                             FORMATS_HINT) from None
@@ -168,8 +170,8 @@ def _open_source(source) -> tuple[str, object]:
                         "pass a file path or the file's bytes")
 
 
-def _too_big(name: str, w: int, h: int, max_pixels: int) -> DigitlabError:
-    return DigitlabError(f"{name} is too large: {w}x{h} = {w * h:,} pixels, the limit is {max_pixels:,} "
+def _too_big(name: str, pixels: str, max_pixels: int) -> DigitlabError:
+    return DigitlabError(f"{name} is too large: {pixels} pixels, the limit is {max_pixels:,} "
                          "(possible decompression bomb)",
                          "downscale the image (a digit needs only a few hundred pixels per side)")
 

@@ -129,6 +129,9 @@ def train(cfg: TrainConfig, run_dir: Path | None = None, resume: bool = False,
     log = (lambda *a: None) if (quiet or not place.is_main) else (lambda *a: print(*a, flush=True))
     made = False
     try:
+        if resume and run_dir is not None and _finished(Path(run_dir), cfg):
+            log(f"{run_dir} already finished its {cfg.epochs} epochs (metrics.json is written): nothing to do")
+            return Path(run_dir)
         if place.is_main:
             made = run_dir is None
             run_dir = run_dir or runs.new_run_dir(cfg)
@@ -141,6 +144,13 @@ def train(cfg: TrainConfig, run_dir: Path | None = None, resume: bool = False,
         raise
     finally:
         devices.teardown(place)
+
+
+def _finished(run_dir: Path, cfg: TrainConfig) -> bool:
+    """Trained to its last epoch and reported: resuming would only reload the data and re-test.
+    A run killed between its last checkpoint and metrics.json is not finished: finish() redoes that."""
+    ckpt = runs.load_checkpoint(run_dir)  # a damaged checkpoint is still an error here
+    return ckpt is not None and ckpt["epoch"] >= cfg.epochs and (run_dir / "metrics.json").is_file()
 
 
 def _train(cfg: TrainConfig, run_dir: Path | None, resume: bool, place: devices.Placement, log: Log,

@@ -5,6 +5,7 @@ A saved run stores `{"model": name, "model_args": {...}}`; `create(name, **args)
 
 from __future__ import annotations
 
+import inspect
 from typing import Callable
 
 import torch.nn as nn
@@ -27,6 +28,13 @@ def register(name: str, task: str):
 def list_models(task: str | None = None) -> list[str]:
     _load_all()
     return sorted(n for n, (t, _) in _MODELS.items() if task is None or t == task)
+
+
+def defaults(name: str) -> dict:
+    """The constructor's keyword defaults of model `name` (the types its model_args should have)."""
+    _load_all()
+    params = inspect.signature(_MODELS[name][1]).parameters.values()
+    return {p.name: p.default for p in params if p.default is not inspect.Parameter.empty}
 
 
 def create(name: str, task: str | None = None, **model_args) -> nn.Module:

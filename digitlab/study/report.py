@@ -15,6 +15,7 @@ from __future__ import annotations
 import html as htmlmod
 import math
 import statistics
+import textwrap
 from pathlib import Path
 from typing import Sequence
 
@@ -305,18 +306,25 @@ def _per_class_figure(rows: list[dict], path: Path) -> Path | None:
     rows = [r for r in rows if r["per_class"]]
     if not rows:
         return None
-    fig = figures.new_figure(7.5, 4.2)
+    # A tuning report's settings name every tuned value: an in-axes legend of 8 such labels is
+    # wider than the figure and constrained layout gives up, so the legend goes below the axes
+    # with as many columns as fit across (about 80 characters at fontsize 8 on 7.5 inches).
+    labels = [textwrap.fill(r["setting"], 80) for r in rows]
+    longest = max(len(line) for label in labels for line in label.splitlines())
+    ncols = max(1, min(4, len(rows), 80 // (longest + 6)))
+    lines = -(-len(rows) // ncols) * max(label.count("\n") + 1 for label in labels)
+    fig = figures.new_figure(7.5, 3.8 + 0.17 * lines)
     ax = fig.add_subplot()
     k = len(rows[0]["per_class"])
     width = 0.8 / len(rows)
     for i, r in enumerate(rows):
         xs = np.arange(k) + (i - (len(rows) - 1) / 2) * width
-        ax.bar(xs, 100 * np.asarray(r["per_class"]), width, label=r["setting"], color=f"C{i % 10}")
+        ax.bar(xs, 100 * np.asarray(r["per_class"]), width, label=labels[i], color=f"C{i % 10}")
     low = min(min(r["per_class"]) for r in rows) * 100
     ax.set_ylim(max(0.0, low - 0.15 * (100 - low) - 0.5), 100.0)
     ax.set_xticks(range(k), [str(c) for c in range(k)])
     figures.style_axes(ax, "class", "test accuracy (%)", "Test accuracy per class")
-    ax.legend(fontsize=8, ncols=min(4, len(rows)))
+    fig.legend(fontsize=8, ncols=ncols, loc="outside lower center")
     return figures.save_figure(fig, path)
 
 

@@ -105,7 +105,8 @@ def split_indices(n: int, val_size: int, split_seed: int) -> tuple[torch.Tensor,
     """The training images split once, seeded, into train / validation (55,000 / 5,000 for MNIST):
     every task validates on the same images."""
     if not 0 < val_size < n:
-        raise DigitlabError(f"val_size {val_size} must be between 1 and {n - 1}", "set val_size")
+        raise DigitlabError(f"val_size {val_size} must be between 1 and {n - 1} (the training split has {n} images)",
+                            f"set val_size from 1 to {n - 1}, e.g. --set val_size={max(1, min(5000, n // 10))}")
     perm = torch.randperm(n, generator=torch.Generator().manual_seed(split_seed))
     return perm[val_size:], perm[:val_size]
 
