@@ -122,7 +122,12 @@ def test_bad_model_widths_are_named_before_any_data_loads(tmp_path, monkeypatch,
     assert main(["train", "recognize", "--out", str(run), "--set", f"model_args.widths={value}"]) == 2
     err = capsys.readouterr().err
     assert "model_args.widths" in err and "list of positive integers" in err, err
-    assert "model_args.widths=[32,64,128]" in err  # the fix shows the default as an example
+    from digitlab import config
+    from digitlab.models import registry
+
+    model = config.resolve("recognize", None, {}).model  # the default preset's model
+    example = ",".join(map(str, registry.defaults(model)["widths"]))
+    assert f"model_args.widths=[{example}]" in err  # the fix shows the model's own default as an example
     assert not run.exists()
 
 
