@@ -202,7 +202,5 @@ def test_every_command_help_has_a_description():
 
     leaves = dict(_leaf_parsers(build_parser()))
     assert {"digitlab eval", "digitlab data show"} <= set(leaves)
-    # `digitlab bench X --help` still shows only usage and options (a known gap, not this test's)
-    missing = sorted(name for name, parser in leaves.items()
-                     if not parser.description and not name.startswith("digitlab bench "))
+    missing = sorted(name for name, parser in leaves.items() if not parser.description)
     assert not missing, f"--help without a description: {missing}"

@@ -13,6 +13,7 @@ from digitlab.bench.common import save_record
 
 def register(sub) -> None:
     p = sub.add_parser("compare", help="pair accuracy, ROC-AUC, EER (both protocols) and one-shot accuracy",
+                       description="Pair accuracy, ROC-AUC, EER (both protocols) and one-shot accuracy.",
                        epilog="example: digitlab bench compare runs/compare/<run> --episodes 1000")
     p.add_argument("run", type=Path, help="a comparison run directory")
     p.add_argument("--episodes", type=int, default=1000, help="one-shot episodes (default 1000)")

@@ -15,6 +15,7 @@ BATCHES = (1, 256, 1024)
 
 def register(sub) -> None:
     p = sub.add_parser("inference", help="latency and images/s of a recogniser: PyTorch and ONNX Runtime",
+                       description="Latency and images/s of a recogniser: PyTorch and ONNX Runtime.",
                        epilog="example: digitlab bench inference runs/recognize/<run> --threads 2")
     p.add_argument("run", type=Path, nargs="?", help="run folder (default: the shipped recogniser)")
     p.add_argument("--runtime", choices=("auto", "torch", "onnx", "both"), default="auto",

@@ -29,6 +29,7 @@ HEADLINE = ("test_ece_before", "test_ece_after", "test_not_a_digit", "test_unsur
 
 def register(sub) -> None:
     p = sub.add_parser("junk", help="calibration (ECE) and 'not a digit' AUROC of trained recognition runs",
+                       description="Calibration (ECE) and 'not a digit' AUROC of trained recognition runs.",
                        epilog="example: digitlab bench junk runs/recognize/<run-s0> runs/recognize/<run-s1>")
     p.add_argument("runs", nargs="+", type=Path, help="recognition run directories (e.g. one per seed)")
     p.add_argument("--per-family", type=int, default=2000, help="junk images per family (default 2000)")

@@ -8,6 +8,7 @@ from digitlab.bench import train
 
 def register(sub) -> None:
     p = sub.add_parser("recognize", help="train a preset over seeds; time and accuracy",
+                       description="Train a preset over seeds; time and accuracy.",
                        epilog="example: digitlab bench recognize --preset recognize-fast --seeds 0 1 2")
     train.add_arguments(p, "recognize-fast")
     p.set_defaults(func=train.run, task="recognize")  # `bench train recognize` under its first name

@@ -29,6 +29,7 @@ from digitlab.extras import require
 
 def register(sub) -> None:
     p = sub.add_parser("serve", help="requests/s and p50/p99 latency of the recognise API on loopback",
+                       description="Requests/s and p50/p99 latency of the recognise API on loopback.",
                        epilog="example: digitlab bench serve runs/recognize/<run> --seconds 3 --threads 1")
     p.add_argument("run", type=Path, nargs="?", help="recognition run (default: the shipped model)")
     p.add_argument("--runtime", choices=("torch", "onnx", "both"), default="both")

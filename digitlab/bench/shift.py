@@ -28,6 +28,7 @@ ECE_BINS = 15
 
 def register(sub) -> None:
     p = sub.add_parser("shift", help="accuracy and calibration of recognition runs under real-handwriting shifts",
+                       description="Accuracy and calibration of recognition runs under real-handwriting shifts.",
                        epilog="example: digitlab bench shift runs/recognize/<run> --split val --limit 2000")
     p.add_argument("runs", type=Path, nargs="+", metavar="RUN", help="recognition run directories (several: a comparison)")
     p.add_argument("--split", choices=("test", "val"), default="test",

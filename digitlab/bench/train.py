@@ -27,6 +27,7 @@ def add_arguments(p, default_preset: str | None) -> None:
 
 def register(sub) -> None:
     p = sub.add_parser("train", help="train a preset of any task over seeds; time and test metrics",
+                       description="Train a preset of any task over seeds; time and test metrics.",
                        epilog="example: digitlab bench train compare --preset compare-small --seeds 0 1 2 --target 0.994")
     p.add_argument("task", choices=TASKS)
     add_arguments(p, None)

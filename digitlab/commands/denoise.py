@@ -16,7 +16,8 @@ def register(sub) -> None:
                                "the model: the shipped one, or the run folder given first. Writes the 28x28 "
                                "denoised image and prints the identified noise kind.",
                    examples=["digitlab denoise noisy.png -o clean.png",
-                             "digitlab denoise runs/denoise/<run> a.png b.png --out-dir cleaned/ --json"])
+                             "digitlab denoise runs/denoise/<run> a.png b.png --out-dir cleaned/ --json"],
+                   usage="%(prog)s [-h] [-o OUTPUT] [--out-dir OUT_DIR] [--scale SCALE] [--json] [RUN] IMAGE [IMAGE ...]")
     p.add_argument("paths", type=Path, nargs="+", metavar="[RUN] IMAGE",
                    help="optionally a denoise run folder (default: the shipped model), then noisy image files")
     p.add_argument("-o", "--output", type=Path, help="output PNG (one input image)")

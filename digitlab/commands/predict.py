@@ -13,7 +13,8 @@ def register(sub) -> None:
                    description="Applies MNIST's preprocessing (grayscale, invert a light background, crop to the "
                                "ink, fit 20x20, centre by mass in 28x28), then the model: the shipped one, or the "
                                "run folder given first. Unsure answers say so (\"not sure: 1 or 7?\", \"not a digit\").",
-                   examples=["digitlab predict my_digit.png", "digitlab predict runs/recognize/<run> a.png b.jpg --json"])
+                   examples=["digitlab predict my_digit.png", "digitlab predict runs/recognize/<run> a.png b.jpg --json"],
+                   usage="%(prog)s [-h] [--json] [--save-input PNG] [RUN] IMAGE [IMAGE ...]")
     p.add_argument("paths", type=Path, nargs="+", metavar="[RUN] IMAGE",
                    help="optionally a recognition run folder (default: the shipped model), then image files")
     p.add_argument("--json", action="store_true", help="print one JSON object per image")
