@@ -106,13 +106,11 @@ def check_onnx(run: str | Path, path: str | Path, model=None, task=None) -> dict
 
 def onnx_session(run: str | Path, threads: int | None = None):
     """An onnxruntime session for RUN/model.onnx, exporting it first if absent or older than the weights."""
-    from digitlab import pretrained
+    from digitlab.lite import onnx_is_fresh
 
     run = Path(run)
-    path, weights = _onnx_path(run), run / "model.safetensors"
-    fresh = path.is_file() and (pretrained.is_shipped(run) or not weights.is_file()
-                                or path.stat().st_mtime >= weights.stat().st_mtime)
-    if not fresh:
+    path = _onnx_path(run)
+    if not onnx_is_fresh(run, path):
         export_onnx(run, path)
     return _session(path, threads)
 

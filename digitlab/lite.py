@@ -24,13 +24,19 @@ from digitlab.verdict import Reading
 def available(folder: str | Path) -> bool:
     """True when FOLDER's recogniser can run here without torch."""
     folder = Path(folder)
-    onnx, weights = folder / "model.onnx", folder / "model.safetensors"
-    if not (onnx.is_file() and weights.is_file()):
-        return False
-    # A shipped model's two files are pinned by their SHA-256 (tests/test_pretrained.py); their mtimes
-    # are only the install's unpacking order. A run's model.onnx is stale once training rewrote the weights.
-    fresh = pretrained.is_shipped(folder) or onnx.stat().st_mtime >= weights.stat().st_mtime
-    return fresh and importlib.util.find_spec("onnxruntime") is not None
+    return (folder / "model.safetensors").is_file() and onnx_is_fresh(folder, folder / "model.onnx") \
+        and importlib.util.find_spec("onnxruntime") is not None
+
+
+def onnx_is_fresh(folder: Path, onnx: Path) -> bool:
+    """ONNX file `onnx` exists and holds FOLDER's current weights.
+
+    A shipped model's two files are pinned by their SHA-256 (tests/test_pretrained.py); their mtimes
+    are only the install's unpacking order. A run's model.onnx is stale once training rewrote the weights.
+    """
+    weights = folder / "model.safetensors"
+    return onnx.is_file() and (pretrained.is_shipped(folder) or not weights.is_file()
+                               or onnx.stat().st_mtime >= weights.stat().st_mtime)
 
 
 class LiteRecognizer:
