@@ -7,6 +7,7 @@ import os
 import signal
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -27,7 +28,7 @@ def smoke(**overrides) -> config.TrainConfig:
 
 def test_train_writes_a_complete_run(tmp_path):
     run = tmp_path / "run"
-    assert main(["train", "recognize", "--preset", "recognize-smoke", "--out", str(run), "--quiet"]) == 0
+    assert main(["train", "recognize", "--preset", "recognize-smoke", "--out", str(run), "--quiet", "--wait-report"]) == 0
     for name in ("config.json", "history.jsonl", "metrics.json", "model.safetensors", "model.json",
                  "checkpoint.pt", "report.html", "figures/curves.png", "figures/confusion.png",
                  "figures/per_class.png"):
@@ -43,6 +44,34 @@ def test_train_writes_a_complete_run(tmp_path):
     # the saved model reproduces the recorded test accuracy
     assert main(["eval", str(run), "--json"]) == 0
     assert json.loads((run / "eval-test.json").read_text())["test_acc"] == pytest.approx(metrics["test_acc"])
+
+
+def test_the_command_answers_first_and_a_background_process_draws_the_report(tmp_path, capsys):
+    run = tmp_path / "run"
+    assert main(["train", "recognize", "--preset", "recognize-smoke", "--out", str(run), "--set", "tensorboard=false"]) == 0
+    printed = capsys.readouterr().out
+    assert "test acc" in printed and "being drawn in the background" in printed
+    assert (run / "metrics.json").is_file()
+    deadline = time.monotonic() + 120
+    while not (run / "report.md").is_file() and time.monotonic() < deadline:  # report.md is its last file
+        time.sleep(0.2)
+    log = (run / "report.log").read_text()
+    assert (run / "report.md").is_file(), log
+    assert "Traceback" not in log and log.rstrip().endswith("report.md"), log
+    for name in ("report.html", "figures/curves.png", "figures/confusion.png", "figures/per_class.png"):
+        assert (run / name).is_file(), name
+    assert "data:image/png;base64," in (run / "report.html").read_text()
+
+
+def test_redraw_gives_a_run_trained_without_figures_the_same_figures(tmp_path):
+    run = loop.train(smoke(), run_dir=_mk(tmp_path / "r"), quiet=True)  # figures=false
+    assert not (run / "figures").exists() and not (run / "report.html").exists()
+    assert main(["report", str(run), "--redraw"]) == 0
+    drawn = {p.name for p in (run / "figures").iterdir()}
+    assert {"confusion.png", "curves.png", "per_class.png"} <= drawn  # misclassified.png only if any are
+    page = (run / "report.html").read_text()
+    assert 'alt="Confusion"' in page and 'alt="Curves"' in page
+    assert main(["report", str(run), str(run), "--redraw"]) == 2  # one run only
 
 
 @pytest.mark.parametrize("ema", [0.0, 0.9])

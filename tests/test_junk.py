@@ -113,6 +113,7 @@ def test_without_junk_weight_the_batches_are_unchanged():
     x, y = task.train_batch(torch.arange(8), torch.Generator())
     assert len(x) == len(y) == 8
     task.setup(smoke(junk_weight=0.5, junk_fraction=0.25), torch.device("cpu"))
+    assert task._junk is None  # made at the first training batch: evaluating a run never makes it
     x, y = task.train_batch(torch.arange(8), torch.Generator())
     assert (len(x), len(y)) == (10, 8)  # 2 junk images follow the 8 digits
 
@@ -144,3 +145,23 @@ def test_junk_batches_work_with_label_aware_augmentation():
     task.setup(cfg, torch.device("cpu"))
     x, y = task.train_batch(torch.arange(16), torch.Generator().manual_seed(0))
     assert (len(x), len(y)) == (24, 16)
+
+
+def test_the_calibration_reuses_the_last_validation_pass_only_for_the_same_weights(monkeypatch):
+    cfg = smoke()
+    task = RecognizeTask()
+    task.setup(cfg, torch.device("cpu"))
+    model = task.build_model(cfg)
+    task.evaluate(model, "val")
+    passes = []
+    real = task.predict_logits
+    monkeypatch.setattr(task, "predict_logits", lambda m, x: passes.append(len(x)) or real(m, x))
+    reused = task.model_meta(model)["calibration"]
+    assert passes == []  # the same weights: the last validation logits serve
+    fresh = RecognizeTask()
+    fresh.setup(cfg, torch.device("cpu"))
+    assert fresh.model_meta(model)["calibration"] == reused  # computed from scratch: the same
+    with torch.no_grad():
+        next(model.parameters()).add_(0.5)
+    changed = task.model_meta(model)["calibration"]
+    assert passes == [cfg.val_size] and changed != reused  # other weights: validated again

@@ -13,6 +13,8 @@ from pathlib import Path
 from digitlab import config, io
 from digitlab.bench.common import save_record, summary
 from digitlab.config import TASKS
+from digitlab.errors import DigitlabError
+from digitlab.report import training
 
 
 def add_arguments(p, default_preset: str | None) -> None:
@@ -52,12 +54,13 @@ def run(args) -> int:
         t0 = time.perf_counter()
         subprocess.run(cmd, check=True)
         seconds = time.perf_counter() - t0  # whole command, interpreter start included
+        drawn = _wait_for_report(out, cfg.figures)  # drawn after the answer: not in `seconds`, not overlapping the next seed
         metrics = io.read_json(out / "metrics.json")
         tests = {k: v for k, v in metrics.items() if k.startswith("test_") and isinstance(v, (int, float))}
         trials.append({"seed": seed, "command_seconds": round(seconds, 2), **tests,
                        f"val_{metric}": metrics.get(f"val_{metric}"), "best_epoch": metrics["best_epoch"],
                        "train_seconds": metrics["train_seconds"], "epochs_run": metrics["epochs_run"],
-                       "threads": metrics["threads"], "run": str(out)})
+                       "threads": metrics["threads"], "report_after_seconds": drawn, "run": str(out)})
         print(f"seed {seed}: " + "  ".join(f"{k} {_fmt(k, v)}" for k, v in tests.items())
               + f"  command {seconds:.1f} s (training {metrics['train_seconds']:.1f} s, {metrics['threads']} threads)",
               flush=True)
@@ -75,6 +78,22 @@ def run(args) -> int:
           f"n={head['n']}); command {secs['mean']:.1f} s mean, {secs['min']:.1f} s min; "
           f"{'/'.join(str(n) for n in sorted({t['threads'] for t in trials}))} threads per run -> {path}")
     return 0
+
+
+def _wait_for_report(run: Path, figures: bool, limit: float = 300.0) -> float | None:
+    """Seconds until the background drawing `digitlab train` started has written RUN/report.md (its
+    last file); None when there is nothing to draw. A drawing that failed or hung stops the bench."""
+    if not figures:
+        return None
+    t0 = time.perf_counter()
+    log = run / training.LOG
+    while not (run / "report.md").is_file():
+        text = log.read_text() if log.is_file() else ""
+        if "Traceback" in text or "error:" in text or time.perf_counter() - t0 > limit:
+            raise DigitlabError(f"the background drawing of {run} did not finish: {text[-500:] or 'no log'}",
+                                f"see {log}; `digitlab report {run} --redraw` draws it again")
+        time.sleep(0.1)
+    return round(time.perf_counter() - t0, 2)
 
 
 def _fmt(key: str, value: float) -> str:

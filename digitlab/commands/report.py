@@ -15,6 +15,9 @@ def register(sub) -> None:
     p.add_argument("runs", nargs="+", type=Path, metavar="RUN", help="run directories (or one study folder)")
     p.add_argument("-o", "--out", type=Path, help="output folder for a comparison (default reports/compare-<time>)")
     p.add_argument("--labels", nargs="+", help="names for the runs in a comparison, in order")
+    p.add_argument("--redraw", action="store_true",
+                   help="one run: pass its test split again with the saved weights and redraw its figures "
+                        "(a run trained with figures=false gets them; `digitlab train` does this after answering)")
     p.set_defaults(func=run)
 
 
@@ -24,6 +27,13 @@ def run(args) -> int:
 
     if len(args.runs) == 1 and (args.runs[0] / "study.json").is_file():
         print(f"report: {report.study_report(args.runs[0])}")
+        return 0
+    if args.redraw:
+        if len(args.runs) != 1:
+            raise DigitlabError(f"--redraw takes one run folder, not {len(args.runs)}", "name one run")
+        from digitlab.report import training
+
+        print(f"report: {training.redraw(args.runs[0])}\nmarkdown: {html.render_run_markdown(args.runs[0])}")
         return 0
     if len(args.runs) == 1:
         out = html.render_run_report(args.runs[0], args.out / "report.html" if args.out else None)

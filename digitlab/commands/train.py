@@ -34,6 +34,9 @@ def register(sub) -> None:
                    help="any config key, e.g. optimizer=sgd nesterov=true augment.rotate=10")
     p.add_argument("--out", type=Path, help="run directory to create (default runs/TASK/<time>-<model>-s<seed>)")
     p.add_argument("--resume", type=Path, metavar="RUN", help="continue an interrupted run from its checkpoint")
+    p.add_argument("--wait-report", action="store_true", dest="wait_report",
+                   help="draw the figures and report.html before returning (default: the answer is "
+                        "printed first and a background process draws them, logging to RUN/report.log)")
     p.add_argument("--quiet", action="store_true",
                    help="no per-epoch lines or progress bar; print only the run folder")
     p.add_argument("--list-models", action="store_true", help="list models and exit")
@@ -48,7 +51,8 @@ def run(args) -> int:
 
     if args.resume:
         cfg = runs.load_config(args.resume)
-        return _done(loop.train(cfg, run_dir=args.resume, resume=True, quiet=args.quiet), args.quiet)
+        return _done(loop.train(cfg, run_dir=args.resume, resume=True, quiet=args.quiet,
+                                draw_later=not args.wait_report), args.quiet)
     if not args.task:
         raise DigitlabError("no task given", "write `digitlab train recognize` (or denoise, compare)")
     overrides = {k: getattr(args, k) for k in ("model", "epochs", "batch_size", "lr", "seed",
@@ -66,7 +70,7 @@ def run(args) -> int:
                             "choose a new folder, or continue it with --resume")
     if args.out is not None:
         args.out.mkdir(parents=True, exist_ok=True)
-    return _done(loop.train(cfg, run_dir=args.out, quiet=args.quiet), args.quiet)
+    return _done(loop.train(cfg, run_dir=args.out, quiet=args.quiet, draw_later=not args.wait_report), args.quiet)
 
 
 def _done(run_dir: Path | None, quiet: bool) -> int:

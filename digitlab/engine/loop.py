@@ -119,11 +119,12 @@ class Finished:
 
 
 def train(cfg: TrainConfig, run_dir: Path | None = None, resume: bool = False,
-          quiet: bool = False, on_epoch: OnEpoch | None = None) -> Path:
+          quiet: bool = False, on_epoch: OnEpoch | None = None, draw_later: bool = False) -> Path:
     """Train `cfg`, writing everything into `run_dir` (a new one if None). Returns the run dir.
 
     `on_epoch(record)`, if given, sees each finished epoch's history record on the main process
-    and may raise to abort the run (a tuner's pruning: optuna.TrialPruned)."""
+    and may raise to abort the run (a tuner's pruning: optuna.TrialPruned). `draw_later`: return
+    before the figures and report.html, which a background process draws (report/training.py)."""
     wall_start = time.perf_counter()
     place = devices.setup(cfg.device, cfg.threads)
     log = (lambda *a: None) if (quiet or not place.is_main) else (lambda *a: print(*a, flush=True))
@@ -137,7 +138,7 @@ def train(cfg: TrainConfig, run_dir: Path | None = None, resume: bool = False,
             run_dir = run_dir or runs.new_run_dir(cfg)
             io.remove_temp_files(run_dir)  # left by a kill during a save
             io.write_json(run_dir / "config.json", cfg.to_dict())
-        return _train(cfg, Path(run_dir) if run_dir else None, resume, place, log, wall_start, on_epoch)
+        return _train(cfg, Path(run_dir) if run_dir else None, resume, place, log, wall_start, on_epoch, draw_later)
     except BaseException:
         if place.is_main and not resume:
             runs.discard_unstarted(Path(run_dir), made)
@@ -154,7 +155,7 @@ def _finished(run_dir: Path, cfg: TrainConfig) -> bool:
 
 
 def _train(cfg: TrainConfig, run_dir: Path | None, resume: bool, place: devices.Placement, log: Log,
-           wall_start: float, on_epoch: OnEpoch | None) -> Path | None:
+           wall_start: float, on_epoch: OnEpoch | None, draw_later: bool) -> Path | None:
     from digitlab.report import training as report
 
     state = setup(cfg, run_dir, resume, place, log)
@@ -165,15 +166,18 @@ def _train(cfg: TrainConfig, run_dir: Path | None, resume: bool, place: devices.
         if not place.is_main:
             return None
         done = finish(state, wall_start)
-        report.write(done)
+        report.write(done, draw=not draw_later)
     finally:
         if state.writer is not None:
             state.writer.close()
-    done.metrics["wall_seconds"] = round(time.perf_counter() - wall_start, 2)  # with the reports
+    done.metrics["wall_seconds"] = round(time.perf_counter() - wall_start, 2)  # with the reports drawn here
     io.write_json(run_dir / "metrics.json", done.metrics)
     log(f"stopped: {state.stop_reason}; best epoch {done.metrics['best_epoch']}; "
         + "  ".join(f"test {k} {_fmt(k, v)}" for k, v in done.test.items() if isinstance(v, float)))
     log(f"run saved in {run_dir}  ({done.metrics['wall_seconds']:.1f} s)")
+    if draw_later and cfg.figures:  # after metrics.json: the report reads it
+        log(f"figures and report.html: being drawn in the background (a few seconds; log: "
+            f"{report.draw_in_background(run_dir)})")
     return run_dir
 
 
