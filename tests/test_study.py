@@ -3,6 +3,8 @@ collide (two processes on SQLite, and on a PostgreSQL server started here when i
 
 from __future__ import annotations
 
+import dataclasses
+
 import contextlib
 import json
 import multiprocessing
@@ -159,6 +161,10 @@ def test_rerun_with_other_settings_is_refused(tiny_study, mnist_dir):
     spec = specs.load(next(folder.parent.glob("*.yaml")))
     with pytest.raises(DigitlabError, match="other settings"):
         runner.run_study(spec, folder, {"epochs": 2})
+    fewer = dataclasses.replace(spec, settings=spec.settings[:2])  # a trial list that drops two of four
+    with pytest.raises(DigitlabError, match="2 trials this command leaves out") as caught:
+        runner.run_study(fewer, folder, {})
+    assert "same --seeds" in caught.value.fix
 
 
 def test_killed_study_resumes_without_redoing_finished_trials(tmp_path, mnist_dir):

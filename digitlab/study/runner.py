@@ -38,10 +38,18 @@ def open_study(storage, name: str, direction: str, trials: list[TrialSpec]):
     study = optuna.create_study(storage=storage, study_name=name, direction=f"{direction}imize", load_if_exists=True)
     plan = json.dumps([[t.key, t.overrides] for t in trials], sort_keys=True)
     old, new = json.loads(study.user_attrs.get("trials", "[]")), json.loads(plan)
-    if not all(t in new for t in old):
-        raise DigitlabError(f"study {name!r} holds trials with other settings (epochs, subset or overrides differ)",
+    new_keys = {key for key, _ in new}
+    changed = [key for key, overrides in old if key in new_keys and [key, overrides] not in new]
+    if changed:
+        raise DigitlabError(f"study {name!r} holds trials with other settings (epochs, subset or overrides "
+                            f"differ: {', '.join(changed[:3])})",
                             "rerun with the same options (adding seeds or settings is fine), "
                             "pick another --out (or --storage), or delete the old study")
+    left_out = [key for key, _ in old if key not in new_keys]
+    if left_out:
+        raise DigitlabError(f"study {name!r} already plans {len(left_out)} trials this command leaves out "
+                            f"({', '.join(left_out[:3])}{', ...' if len(left_out) > 3 else ''}): a study keeps "
+                            "its seeds and settings", "rerun with the same --seeds (or more), or pick another --out")
     if old and old != new:
         print(f"study {name}: adding {len(new) - len(old)} trials to the {len(old)} it had", flush=True)
     study.set_user_attr("trials", plan)
