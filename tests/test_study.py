@@ -3,9 +3,8 @@ collide (two processes on SQLite, and on a PostgreSQL server started here when i
 
 from __future__ import annotations
 
-import dataclasses
-
 import contextlib
+import dataclasses
 import json
 import multiprocessing
 import os

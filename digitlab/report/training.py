@@ -22,6 +22,7 @@ if TYPE_CHECKING:
 
     from digitlab.config import TrainConfig
     from digitlab.engine.loop import Finished
+    from digitlab.tasks.base import Outputs, Task
 
 
 LOG = "report.log"  # what the background drawing printed; its last line says where the report is
@@ -32,12 +33,17 @@ def write(done: Finished, draw: bool = True) -> None:
     if done.writer is not None:
         log_hparams(done.writer, done.cfg, done.metrics)
     if done.cfg.figures and draw:
-        from digitlab.report import figures, html
-        from digitlab.runfolder import read_history
+        _draw(done.run_dir, done.task, done.outputs, done.test)
 
-        done.task.write_figures(done.run_dir, done.outputs, done.test)
-        figures.plot_history(read_history(done.run_dir), done.run_dir / "figures" / "curves.png")
-        html.render_run_report(done.run_dir)
+
+def _draw(run_dir: Path, task: Task, outputs: Outputs, test: dict) -> Path:
+    """The task's figures of the test outputs, the curves and report.html (returned)."""
+    from digitlab.report import figures, html
+    from digitlab.runfolder import read_history
+
+    task.write_figures(run_dir, outputs, test)
+    figures.plot_history(read_history(run_dir), run_dir / "figures" / "curves.png")
+    return html.render_run_report(run_dir)
 
 
 def redraw(run_dir: Path, threads: int = 1) -> Path:
@@ -47,7 +53,6 @@ def redraw(run_dir: Path, threads: int = 1) -> Path:
     import torch
 
     from digitlab import runfolder
-    from digitlab.report import figures, html
     from digitlab.tasks.base import get_task
 
     torch.set_num_threads(threads)  # one thread by default: it runs beside whatever the user does next
@@ -56,9 +61,7 @@ def redraw(run_dir: Path, threads: int = 1) -> Path:
     task = get_task(cfg.task)
     task.setup(cfg, torch.device("cpu"))
     outputs = task.predict(model, "test")
-    task.write_figures(run_dir, outputs, task.score(outputs, "test"))
-    figures.plot_history(runfolder.read_history(run_dir), run_dir / "figures" / "curves.png")
-    return html.render_run_report(run_dir)
+    return _draw(run_dir, task, outputs, task.score(outputs, "test"))
 
 
 def draw_in_background(run_dir: Path) -> Path:

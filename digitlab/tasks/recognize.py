@@ -54,6 +54,7 @@ class RecognizeTask(TaskBase):
         self.args = merge_task_args(cfg, TASK_ARGS)
         self.splits = load_splits(cfg, device)
         self._junk: torch.Tensor | None = None  # made at the first training batch (`junk`)
+        self._val_logits: tuple[list[torch.Tensor], torch.Tensor] | None = None  # (weights, logits) of the last val pass
         if float(self.args["junk_weight"]) > 0:
             self._check_junk_families()
         self.augment_cfg = augmentation(cfg)
@@ -139,7 +140,7 @@ class RecognizeTask(TaskBase):
         The validation logits of the last epoch are reused when they came from these very weights
         (one epoch, or the best epoch was the last): a pass over 5,000 images is ~3% of recognize-fast."""
         images, labels = self.splits["val"]
-        seen, logits = getattr(self, "_val_logits", (None, None))
+        seen, logits = self._val_logits or (None, None)
         if seen is None or not _same_weights(seen, _weights(model)):
             logits = self.predict_logits(model, images)
         return {"calibration": calibrate.fit(logits, labels.cpu(),
