@@ -196,7 +196,7 @@ def test_style_augmentation_is_seeded_and_keeps_shape_and_range():
     assert torch.equal(a, b) and not torch.equal(a, c)
 
 
-@pytest.mark.parametrize("field", ["stroke_p", "lowres_p", "binarize_p", "broken_p", "lines_p", "noise_p"])
+@pytest.mark.parametrize("field", ["stroke_p", "lowres_p", "binarize_p", "broken_p", "lines_p", "noise_p", "refit_p"])
 def test_each_style_with_p_zero_changes_nothing_and_p_one_changes_every_image(field):
     x = F.avg_pool2d(strokes(8), 3, 1, 1)  # grey edges: binarising changes them
     assert torch.equal(augment(x, AugmentConfig(**{field: 0.0}), gen()), x)
@@ -231,7 +231,7 @@ def test_binarise_gives_zero_one_pixels_and_aspect_widens():
 
 
 @pytest.mark.parametrize("bad", [{"stroke_p": 1.5}, {"aspect": 0.5}, {"gamma": 0.9}, {"lowres": (1, 8)},
-                                 {"stroke": 3}, {"noise_std": -1}])
+                                 {"stroke": 3}, {"noise_std": -1}, {"lines_segments": 0}])
 def test_bad_style_settings_name_the_field(bad):
     with pytest.raises(DigitlabError, match=list(bad)[0]):
         AugmentConfig(**bad)
@@ -252,3 +252,27 @@ def test_fog_brightens_the_background_smoothly():
     y = augment(torch.zeros(16, 1, 28, 28), AugmentConfig(fog_p=1.0), gen())
     assert y.mean() > 0.02 and y.max() <= 0.4
     assert y[:, :, 1:].sub(y[:, :, :-1]).abs().max() < 0.1  # smooth: no sharp edges added
+
+
+def test_zigzag_lines_add_more_ink_than_single_segments():
+    x = torch.zeros(64, 1, 28, 28)
+    one = augment(x, AugmentConfig(lines_p=1.0), gen(4)).sum()
+    zigzag = augment(x, AugmentConfig(lines_p=1.0, lines_segments=3), gen(4)).sum()
+    assert zigzag > 1.5 * one  # 1-3 segments drawn, 2 on average
+
+
+def _fitted(x):
+    """Each image through the product's preprocessing: what a real input looks like to the model."""
+    from digitlab.data.preprocess import to_mnist_array
+    return torch.stack([torch.from_numpy(to_mnist_array(img[0].numpy())) for img in x])[:, None]
+
+
+def test_refit_does_what_preprocessing_does_to_a_digit_with_a_stray_line():
+    from digitlab.data import synthetic
+    digits = _fitted(synthetic.load_split("test")[0][:48, None].float() / 255)
+    refit = AugmentConfig(refit_p=1.0)
+    assert (augment(digits, refit, gen()) - digits).abs().max() < 0.01  # already fitted: unchanged
+    lined = augment(digits, AugmentConfig(lines_p=1.0, lines_segments=3), gen(2))
+    target = _fitted(lined)
+    assert (lined - target).abs().mean() > 0.05  # the line widened the box: preprocessing shrinks the digit
+    assert (augment(lined, refit, gen()) - target).abs().mean() < 0.3 * (lined - target).abs().mean()

@@ -45,6 +45,8 @@ class AugmentConfig:
     broken_p: float = 0.0
     broken_holes: float = 6.0  # expected 3x3 holes per image (about a fifth land on ink)
     lines_p: float = 0.0  # a stray straight line (solid or dotted) across the field
+    lines_segments: int = 1  # a stray line is a zigzag of 1..lines_segments straight segments
+    refit_p: float = 0.0  # crop to the ink and fit it to 20 px again, as preprocessing does with a real input
     noise_p: float = 0.0
     noise_std: float = 0.1  # max std of additive Gaussian noise
     fog_p: float = 0.0  # a smooth haze of up to 0.4 (uneven lighting)
@@ -57,7 +59,8 @@ class AugmentConfig:
         bad = [f"{name}={getattr(self, name)}" for name, ok in probabilities + [
             ("aspect", self.aspect >= 1), ("gamma", self.gamma >= 1), ("stroke", 0 <= self.stroke <= 2),
             ("lowres", len(self.lowres) == 2 and 2 <= self.lowres[0] <= self.lowres[1] <= 28),
-            ("broken_holes", self.broken_holes >= 0), ("noise_std", self.noise_std >= 0),
+            ("broken_holes", self.broken_holes >= 0),
+            ("lines_segments", isinstance(self.lines_segments, int) and 1 <= self.lines_segments <= 8), ("noise_std", self.noise_std >= 0),
             ("rotate", self.rotate >= 0), ("translate", self.translate >= 0), ("shear", 0 <= self.shear < 90),
             ("elastic_alpha", self.elastic_alpha >= 0), ("elastic_sigma", self.elastic_sigma > 0),
             ("scale", len(self.scale) == 2 and 0 < self.scale[0] <= self.scale[1]),
@@ -67,9 +70,10 @@ class AugmentConfig:
             raise DigitlabError(f"invalid augmentation settings: {', '.join(bad)}",
                                 "use probabilities in [0, 1], non-negative magnitudes (shear < 90 degrees, "
                                 "stroke <= 2 px), factors aspect and gamma >= 1, lowres sides in [2, 28], "
-                                "and (low, high) ranges with 0 < low <= high")
+                                "lines_segments in [1, 8], and (low, high) ranges with 0 < low <= high")
 
-    _STYLE_P = ("stroke_p", "lowres_p", "binarize_p", "broken_p", "lines_p", "noise_p", "fog_p", "continental_p")
+    _STYLE_P = ("stroke_p", "lowres_p", "binarize_p", "broken_p", "lines_p", "noise_p", "fog_p", "continental_p",
+                "refit_p")
 
     def styles(self) -> bool:
         """Whether any style augmentation after the warp can happen."""
@@ -140,6 +144,8 @@ def augment(x: torch.Tensor, cfg: AugmentConfig, generator: torch.Generator,
         out = _broken(out, cfg, generator)
     if cfg.lines_p > 0:
         out = _lines(out, cfg, generator)
+    if cfg.refit_p > 0:  # after all that moves the ink's box; before fog, which preprocessing removes
+        out = _refit(out, cfg, generator)
     if cfg.fog_p > 0:
         out = _fog(out, cfg, generator)
     if cfg.noise_p > 0:
@@ -283,13 +289,23 @@ def _broken(x: torch.Tensor, cfg: AugmentConfig, g: torch.Generator) -> torch.Te
 
 
 def _lines(x: torch.Tensor, cfg: AugmentConfig, g: torch.Generator) -> torch.Tensor:
-    """A straight stroke ~1.5 px wide between two random points, dotted for half of them."""
+    """A stray stroke ~1.5 px wide: a zigzag of 1..lines_segments straight segments between random
+    points (one segment when lines_segments is 1), dotted for half of the images."""
     b, _, h, w = x.shape
     on, u = _chosen(b, cfg.lines_p, g, x.device)
-    ends = _rand(b, 4, g, x.device) * torch.tensor([w, h, w, h], device=x.device, dtype=x.dtype)
-    ink, t, length = _segments(ends[:, :2], ends[:, 2:], 1.25, (h, w))
-    dotted = (u < 0.5).view(b, 1, 1, 1) & (torch.remainder(t * length, 4) >= 2)  # dots every ~4 px
-    return torch.maximum(x, on * torch.where(dotted, torch.zeros_like(ink), ink))
+    size = torch.tensor([w, h], device=x.device, dtype=x.dtype)
+    points = (_rand(b, 4, g, x.device) * size.repeat(2)).view(b, 2, 2)
+    if cfg.lines_segments > 1:  # extra draws only when asked, so one-segment runs keep their random stream
+        more = _rand(b, 2 * cfg.lines_segments - 1, g, x.device)
+        points = torch.cat([points, (more[:, 1:] * size.repeat(cfg.lines_segments - 1)).view(b, -1, 2)], 1)
+        count = 1 + (more[:, 0] * cfg.lines_segments * 0.999).long()  # (B,) segments drawn per image
+    ink = torch.zeros_like(x)
+    for k in range(cfg.lines_segments):
+        seg, t, length = _segments(points[:, k], points[:, k + 1], 1.25, (h, w))
+        dotted = (u < 0.5).view(b, 1, 1, 1) & (torch.remainder(t * length, 4) >= 2)  # dots every ~4 px
+        drawn = on if k == 0 else on * (count > k).to(x.dtype).view(b, 1, 1, 1)
+        ink = torch.maximum(ink, drawn * torch.where(dotted, torch.zeros_like(seg), seg))
+    return torch.maximum(x, ink)
 
 
 def _segments(p0: torch.Tensor, p1: torch.Tensor, radius, size: tuple[int, int]):
@@ -303,6 +319,52 @@ def _segments(p0: torch.Tensor, p1: torch.Tensor, radius, size: tuple[int, int])
     dist = (pix - a - t[..., None] * d).norm(dim=-1)
     r = torch.as_tensor(radius, dtype=p0.dtype, device=p0.device).reshape(-1, 1, 1)
     return (r - dist).clamp(0, 1)[:, None], t[:, None], d.norm(dim=-1)[:, None]
+
+
+def _refit(x: torch.Tensor, cfg: AugmentConfig, g: torch.Generator) -> torch.Tensor:
+    """Crop to the ink and fit it again, as `digitlab.data.preprocess.to_mnist` does with every real
+    input: the ink box (> REFIT_INK of the max, grown by a faint line per side) scaled so its longer
+    side is 20 px, placed on whole pixels with its centre of mass nearest pixel 14, ink kept inside.
+    So a stray line or a flag that widens the box shrinks the digit in training as it does in use
+    (docs/shift.md), and MNIST's own digits come back unchanged. One bilinear resampling per batch."""
+    b, _, h, w = x.shape
+    on, _ = _chosen(b, cfg.refit_p, g, x.device)
+    img = x[:, 0]
+    peak = img.amax(dim=(1, 2), keepdim=True).clamp_min(1e-6)
+    (top, bottom), (left, right) = (_ink_span(img, peak, axis) for axis in (2, 1))
+    scale = 20.0 / torch.maximum(bottom - top, right - left).clamp_min(1.0)  # output px per input px
+    mass = img.sum((1, 2)).clamp_min(1e-6)
+    cy = (img.sum(2) * torch.arange(h, device=x.device)).sum(1) / mass  # pixel indices, as to_mnist
+    cx = (img.sum(1) * torch.arange(w, device=x.device)).sum(1) / mass
+    zero = torch.zeros_like(scale)
+    out_top = (14 - ((cy + 0.5 - top) * scale - 0.5)).round().clamp(zero, h - (bottom - top) * scale)
+    out_left = (14 - ((cx + 0.5 - left) * scale - 0.5)).round().clamp(zero, w - (right - left) * scale)
+    # output -> input in affine_grid's normalised units (align_corners=False): the output's edge
+    # out_top samples the box's edge top; one output pixel steps 1/scale input pixels.
+    theta = torch.stack([torch.stack([1 / scale, zero, 2 / w * (left + (w / 2 - out_left) / scale) - 1], 1),
+                         torch.stack([zero, 1 / scale, 2 / h * (top + (h / 2 - out_top) / scale) - 1], 1)], 1)
+    grid = F.affine_grid(theta.to(x.dtype), list(x.shape), align_corners=False)
+    fitted = _renormalise(F.grid_sample(x, grid, mode="bilinear", padding_mode="zeros", align_corners=False))
+    return on * fitted + (1 - on) * x
+
+
+REFIT_INK, REFIT_FAINT = 0.2, 1e-3  # preprocessing's INK_THRESHOLD; any ink above a clean background
+
+
+def _ink_span(img: torch.Tensor, peak: torch.Tensor, axis: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """(first, last + 1) of the lines holding clear ink (looking along `axis`), each grown by one line
+    where that line holds faint ink, as `preprocess._crop_to_ink`; (0, n) for an empty image."""
+    n = img.shape[3 - axis]
+    idx = torch.arange(n, device=img.device, dtype=img.dtype)
+    core, faint = ((img > level * peak).any(axis) for level in (REFIT_INK, REFIT_FAINT))  # (B, n)
+    first = torch.where(core, idx, torch.full_like(idx, n)).amin(1)
+    last = torch.where(core, idx, torch.full_like(idx, -1)).amax(1)
+    first_faint = torch.where(faint, idx, torch.full_like(idx, n)).amin(1)
+    last_faint = torch.where(faint, idx, torch.full_like(idx, -1)).amax(1)
+    empty = last < 0
+    first = torch.maximum(first - 1, first_faint).clamp_max(first)
+    last = torch.minimum(last + 1, last_faint).clamp_min(last)
+    return torch.where(empty, 0.0, first), torch.where(empty, float(n - 1), last) + 1
 
 
 def _noise(x: torch.Tensor, cfg: AugmentConfig, g: torch.Generator) -> torch.Tensor:
