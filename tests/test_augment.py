@@ -276,3 +276,12 @@ def test_refit_does_what_preprocessing_does_to_a_digit_with_a_stray_line():
     target = _fitted(lined)
     assert (lined - target).abs().mean() > 0.05  # the line widened the box: preprocessing shrinks the digit
     assert (augment(lined, refit, gen()) - target).abs().mean() < 0.3 * (lined - target).abs().mean()
+
+
+def test_styles_p_leaves_that_share_of_the_images_only_warped():
+    x = F.avg_pool2d(strokes(200), 3, 1, 1)
+    heavy = dict(stroke_p=1.0, lines_p=1.0, noise_p=1.0)
+    y = augment(x, AugmentConfig(styles_p=0.6, **heavy), gen(3))
+    untouched = ((y - x).flatten(1).abs().amax(1) == 0).float().mean()
+    assert 0.3 < untouched < 0.5  # ~40% only warped (no warp here: unchanged), the rest styled
+    assert torch.equal(augment(x, AugmentConfig(styles_p=1.0, **heavy), gen(3)), augment(x, AugmentConfig(**heavy), gen(3)))

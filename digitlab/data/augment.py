@@ -35,6 +35,7 @@ class AugmentConfig:
     blur_p: float = 0.0  # probability of a Gaussian blur
     blur_sigma: tuple[float, float] = (0.1, 1.0)
     # style augmentation: each *_p is the probability that an image gets it
+    styles_p: float = 1.0  # share of the images that may get style augmentation; the others are only warped
     aspect: float = 1.0  # horizontal stretch factor drawn log-uniform in [1/aspect, aspect] (in the warp)
     stroke_p: float = 0.0
     stroke: float = 1.0  # max stroke width change, pixels per side, uniform in [-stroke, stroke]
@@ -55,7 +56,7 @@ class AugmentConfig:
     def __post_init__(self):
         self.scale, self.blur_sigma = tuple(self.scale), tuple(self.blur_sigma)  # YAML gives lists
         self.lowres = tuple(self.lowres)
-        probabilities = [(n, 0 <= getattr(self, n) <= 1) for n in self._STYLE_P + ("p", "blur_p")]
+        probabilities = [(n, 0 <= getattr(self, n) <= 1) for n in self._STYLE_P + ("p", "blur_p", "styles_p")]
         bad = [f"{name}={getattr(self, name)}" for name, ok in probabilities + [
             ("aspect", self.aspect >= 1), ("gamma", self.gamma >= 1), ("stroke", 0 <= self.stroke <= 2),
             ("lowres", len(self.lowres) == 2 and 2 <= self.lowres[0] <= self.lowres[1] <= 28),
@@ -132,6 +133,7 @@ def augment(x: torch.Tensor, cfg: AugmentConfig, generator: torch.Generator,
         out = _continental(out, labels, cfg, generator)
     if cfg.warps():
         out = _warp(out, cfg, generator)
+    warped = out
     if cfg.stroke_p > 0:
         out = _stroke_width(out, cfg, generator)
     if cfg.lowres_p > 0:
@@ -150,6 +152,9 @@ def augment(x: torch.Tensor, cfg: AugmentConfig, generator: torch.Generator,
         out = _fog(out, cfg, generator)
     if cfg.noise_p > 0:
         out = _noise(out, cfg, generator)
+    if cfg.styles_p < 1 and cfg.styles():  # the others keep MNIST's own look (docs/shift.md: clean accuracy)
+        plain, _ = _chosen(len(x), 1 - cfg.styles_p, generator, x.device)
+        out = plain * warped + (1 - plain) * out
     return out.clamp_(0, 1).to(x.dtype)
 
 
