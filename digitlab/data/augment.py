@@ -20,6 +20,7 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 
+from digitlab.data.preprocess import BOX, CENTRE, INK_THRESHOLD
 from digitlab.errors import DigitlabError
 
 
@@ -60,8 +61,8 @@ class AugmentConfig:
         bad = [f"{name}={getattr(self, name)}" for name, ok in probabilities + [
             ("aspect", self.aspect >= 1), ("gamma", self.gamma >= 1), ("stroke", 0 <= self.stroke <= 2),
             ("lowres", len(self.lowres) == 2 and 2 <= self.lowres[0] <= self.lowres[1] <= 28),
-            ("broken_holes", self.broken_holes >= 0),
-            ("lines_segments", isinstance(self.lines_segments, int) and 1 <= self.lines_segments <= 8), ("noise_std", self.noise_std >= 0),
+            ("broken_holes", self.broken_holes >= 0), ("noise_std", self.noise_std >= 0),
+            ("lines_segments", isinstance(self.lines_segments, int) and 1 <= self.lines_segments <= 8),
             ("rotate", self.rotate >= 0), ("translate", self.translate >= 0), ("shear", 0 <= self.shear < 90),
             ("elastic_alpha", self.elastic_alpha >= 0), ("elastic_sigma", self.elastic_sigma > 0),
             ("scale", len(self.scale) == 2 and 0 < self.scale[0] <= self.scale[1]),
@@ -328,8 +329,8 @@ def _segments(p0: torch.Tensor, p1: torch.Tensor, radius, size: tuple[int, int])
 
 def _refit(x: torch.Tensor, cfg: AugmentConfig, g: torch.Generator) -> torch.Tensor:
     """Crop to the ink and fit it again, as `digitlab.data.preprocess.to_mnist` does with every real
-    input: the ink box (> REFIT_INK of the max, grown by a faint line per side) scaled so its longer
-    side is 20 px, placed on whole pixels with its centre of mass nearest pixel 14, ink kept inside.
+    input: the ink box (> INK_THRESHOLD of the max, grown by a faint line per side) scaled so its longer
+    side is BOX px, placed on whole pixels with its centre of mass nearest pixel CENTRE, ink kept inside.
     So a stray line or a flag that widens the box shrinks the digit in training as it does in use
     (docs/shift.md), and MNIST's own digits come back unchanged. One bilinear resampling per batch."""
     b, _, h, w = x.shape
@@ -337,13 +338,13 @@ def _refit(x: torch.Tensor, cfg: AugmentConfig, g: torch.Generator) -> torch.Ten
     img = x[:, 0]
     peak = img.amax(dim=(1, 2), keepdim=True).clamp_min(1e-6)
     (top, bottom), (left, right) = (_ink_span(img, peak, axis) for axis in (2, 1))
-    scale = 20.0 / torch.maximum(bottom - top, right - left).clamp_min(1.0)  # output px per input px
+    scale = BOX / torch.maximum(bottom - top, right - left).clamp_min(1.0)  # output px per input px
     mass = img.sum((1, 2)).clamp_min(1e-6)
     cy = (img.sum(2) * torch.arange(h, device=x.device)).sum(1) / mass  # pixel indices, as to_mnist
     cx = (img.sum(1) * torch.arange(w, device=x.device)).sum(1) / mass
     zero = torch.zeros_like(scale)
-    out_top = (14 - ((cy + 0.5 - top) * scale - 0.5)).round().clamp(zero, h - (bottom - top) * scale)
-    out_left = (14 - ((cx + 0.5 - left) * scale - 0.5)).round().clamp(zero, w - (right - left) * scale)
+    out_top = (CENTRE - ((cy + 0.5 - top) * scale - 0.5)).round().clamp(zero, h - (bottom - top) * scale)
+    out_left = (CENTRE - ((cx + 0.5 - left) * scale - 0.5)).round().clamp(zero, w - (right - left) * scale)
     # output -> input in affine_grid's normalised units (align_corners=False): the output's edge
     # out_top samples the box's edge top; one output pixel steps 1/scale input pixels.
     theta = torch.stack([torch.stack([1 / scale, zero, 2 / w * (left + (w / 2 - out_left) / scale) - 1], 1),
@@ -353,23 +354,26 @@ def _refit(x: torch.Tensor, cfg: AugmentConfig, g: torch.Generator) -> torch.Ten
     return on * fitted + (1 - on) * x
 
 
-REFIT_INK, REFIT_FAINT = 0.2, 1e-3  # preprocessing's INK_THRESHOLD; any ink above a clean background
+FAINT = 1e-3  # of the max: any ink above a clean background (preprocessing's faint rim)
 
 
 def _ink_span(img: torch.Tensor, peak: torch.Tensor, axis: int) -> tuple[torch.Tensor, torch.Tensor]:
     """(first, last + 1) of the lines holding clear ink (looking along `axis`), each grown by one line
     where that line holds faint ink, as `preprocess._crop_to_ink`; (0, n) for an empty image."""
-    n = img.shape[3 - axis]
-    idx = torch.arange(n, device=img.device, dtype=img.dtype)
-    core, faint = ((img > level * peak).any(axis) for level in (REFIT_INK, REFIT_FAINT))  # (B, n)
-    first = torch.where(core, idx, torch.full_like(idx, n)).amin(1)
-    last = torch.where(core, idx, torch.full_like(idx, -1)).amax(1)
-    first_faint = torch.where(faint, idx, torch.full_like(idx, n)).amin(1)
-    last_faint = torch.where(faint, idx, torch.full_like(idx, -1)).amax(1)
+    idx = torch.arange(img.shape[3 - axis], device=img.device, dtype=img.dtype)
+    first, last = _first_last(img > INK_THRESHOLD * peak, axis, idx)
+    first_faint, last_faint = _first_last(img > FAINT * peak, axis, idx)
     empty = last < 0
     first = torch.maximum(first - 1, first_faint).clamp_max(first)
     last = torch.minimum(last + 1, last_faint).clamp_min(last)
-    return torch.where(empty, 0.0, first), torch.where(empty, float(n - 1), last) + 1
+    return torch.where(empty, 0.0, first), torch.where(empty, float(len(idx) - 1), last) + 1
+
+
+def _first_last(mask: torch.Tensor, axis: int, idx: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """First and last index of the lines where `mask` (B, H, W) holds anything; (n, -1) for none."""
+    hit = mask.any(axis)  # (B, n)
+    return (torch.where(hit, idx, torch.full_like(idx, len(idx))).amin(1),
+            torch.where(hit, idx, torch.full_like(idx, -1)).amax(1))
 
 
 def _noise(x: torch.Tensor, cfg: AugmentConfig, g: torch.Generator) -> torch.Tensor:
