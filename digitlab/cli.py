@@ -13,7 +13,7 @@ from digitlab.errors import DigitlabError
 # Order is the order shown in `digitlab --help`.
 COMMAND_MODULES = [
     "data", "train", "eval", "predict", "denoise", "compare",
-    "study", "tune", "report", "serve", "export", "bench",
+    "ensemble", "study", "tune", "report", "serve", "export", "bench",
 ]
 
 

@@ -15,7 +15,9 @@ from digitlab.tasks.recognize import classification_metrics, confusion_matrix
 
 @pytest.mark.parametrize("name", registry.list_models("recognize"))
 def test_forward_backward_reaches_every_parameter(name):
-    model = registry.create(name, **({"widths": (16, 32, 64)} if name == "resnet_r4" else {}))
+    args = {"resnet_r4": {"widths": (16, 32, 64)},
+            "ensemble": {"members": [{"model": "digitnet", "model_args": {"widths": [4, 8, 8]}}] * 2}}
+    model = registry.create(name, **args.get(name, {}))
     x = torch.rand(4, 1, 28, 28)
     logits = model(x)
     assert logits.shape == (4, 10)

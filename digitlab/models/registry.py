@@ -62,7 +62,7 @@ def count_params(model: nn.Module) -> int:
 
 def _load_all() -> None:
     # Importing the model modules runs their @register decorators.
-    from digitlab.models import cnn, resnet  # noqa: F401
+    from digitlab.models import cnn, ensemble, resnet  # noqa: F401
 
     for optional in ("unet", "siamese"):
         try:

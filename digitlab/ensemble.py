@@ -1,0 +1,104 @@
+"""Recognition runs combined into one: a run folder whose model averages theirs (`digitlab ensemble`).
+
+    digitlab ensemble RUN_A RUN_B RUN_C --out runs/recognize/max
+    digitlab ensemble --preset recognize-best --seeds 0 1 2 --out runs/recognize/max   # trains them first
+
+The result is an ordinary run folder (config.json, model.safetensors, model.json, metrics.json), so
+`predict`, `serve`, `export`, `bench shift` and `digitlab.load` take it as they take any run. It is
+measured like a training run (validation, then test once) and its calibration (temperature and
+abstain thresholds) is fitted again on validation: the members' own do not carry over to their
+average, which is usually less confident than each of them (docs/speed.md, "recognize-max").
+"""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+from typing import Any
+
+from digitlab import io, runfolder
+from digitlab.errors import DigitlabError
+
+RUN_FILES = ("config.json", "model.safetensors", "model.json", "metrics.json")
+
+
+def train_members(preset: str, seeds: list[int], out: str | Path, quiet: bool = True, **settings: Any) -> list[Path]:
+    """Train `preset` once per seed into OUT/members/s<seed>; a finished member is kept, an
+    interrupted one resumes from its checkpoint, so the command can simply be run again."""
+    from digitlab import config
+    from digitlab.engine import loop
+
+    if len(set(seeds)) < 2:
+        raise DigitlabError(f"an ensemble needs at least two different seeds, got {seeds}", "e.g. --seeds 0 1 2")
+    cfgs = [config.resolve("recognize", preset, {"progress": not quiet, **settings, "seed": s}) for s in seeds]
+    paths = []
+    for seed, cfg in zip(seeds, cfgs):  # every config is checked before the first member trains
+        path = Path(out) / "members" / f"s{seed}"
+        path.mkdir(parents=True, exist_ok=True)
+        loop.train(cfg, run_dir=path, resume=(path / "config.json").is_file(), quiet=quiet)
+        paths.append(path)
+    return paths
+
+
+def combine(runs: list[str | Path], out: str | Path, data_dir: str | None = None) -> Path:
+    """Write the ensemble of recognition `runs` into `out` (a new folder, or one holding only the
+    members that `train_members` made); config.json is written last, so an interrupted combine
+    leaves no folder that looks like a finished run."""
+    import torch
+
+    from digitlab.engine import run as runs_io
+    from digitlab.models import registry
+    from digitlab.tasks.base import get_task
+
+    start = time.perf_counter()
+    runs, out = [Path(r) for r in runs], Path(out)
+    _check_out(out)
+    cfg = _ensemble_config(runs, data_dir)
+    model = registry.create("ensemble", "recognize", **cfg.model_args)
+    for member, run in zip(model.members, runs):
+        member.load_state_dict(runfolder.load_model(run)[0].state_dict())
+    model.eval()
+    task = get_task("recognize")
+    task.setup(cfg, torch.device("cpu"))
+    val = task.evaluate(model, "val")
+    outputs = task.predict(model, "test")  # measured once, like a training run's test
+    metrics = {**{f"test_{k}": v for k, v in task.score(outputs, "test").items()},
+               **{f"val_{k}": v for k, v in val.items()},
+               "members": [str(r) for r in runs], "params": registry.count_params(model),
+               "combine_seconds": round(time.perf_counter() - start, 2), "threads": torch.get_num_threads()}
+    out.mkdir(parents=True, exist_ok=True)
+    runs_io.save_model(out, model, cfg, {"metrics": {k: v for k, v in metrics.items() if isinstance(v, (int, float))},
+                                         "members": metrics["members"], **task.model_meta(model)})
+    io.write_json(out / "metrics.json", metrics)
+    io.write_json(out / "config.json", cfg.to_dict())
+    return out
+
+
+def _check_out(out: Path) -> None:
+    if out.exists() and not out.is_dir():
+        raise DigitlabError(f"--out {out} is a file", "name a new folder for the ensemble")
+    if (out / "config.json").exists():
+        raise DigitlabError(f"{out} already holds a run", "choose a new folder, or delete that one first")
+
+
+def _ensemble_config(runs: list[Path], data_dir: str | None):
+    """The first member's config with the ensemble as its model; every member must be a recognition
+    run of the same data set and validation split (else "validation" would include training images)."""
+    from digitlab.config import TrainConfig
+
+    if len(runs) < 2:
+        raise DigitlabError(f"an ensemble needs at least two runs, got {len(runs)}", "pass two or more run folders")
+    cfgs = [runfolder.load_config(r) for r in runs]
+    metas = [runfolder.read_model_meta(r, "recognize") for r in runs]
+    nested = [str(r) for r, m in zip(runs, metas) if m["model"] == "ensemble"]
+    if nested:
+        raise DigitlabError(f"{nested[0]} is an ensemble already", "pass the runs it was made of instead")
+    if len({(c.dataset, c.val_size, c.split_seed) for c in cfgs}) > 1:
+        raise DigitlabError("the runs do not share one data set and validation split (dataset, val_size, split_seed)",
+                            "combine runs trained on the same data with the same val_size and split_seed")
+    data = cfgs[0].to_dict()
+    members = [{"model": m["model"], "model_args": m.get("model_args", {})} for m in metas]
+    data.update(model="ensemble", model_args={"members": members}, activation=None,
+                data_dir=data_dir or data["data_dir"], device="cpu",
+                task_args={**data["task_args"], "junk_weight": 0.0})  # nothing is trained here
+    return TrainConfig.from_dict(data)
