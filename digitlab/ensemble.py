@@ -53,7 +53,7 @@ def combine(runs: list[str | Path], out: str | Path, data_dir: str | None = None
     start = time.perf_counter()
     runs, out = [Path(r) for r in runs], Path(out)
     _check_out(out)
-    cfg = _ensemble_config(runs, data_dir)
+    cfg, seeds = _ensemble_config(runs, data_dir)
     model = registry.create("ensemble", "recognize", **cfg.model_args)
     for member, run in zip(model.members, runs):
         member.load_state_dict(runfolder.load_model(run)[0].state_dict())
@@ -64,11 +64,12 @@ def combine(runs: list[str | Path], out: str | Path, data_dir: str | None = None
     outputs = task.predict(model, "test")  # measured once, like a training run's test
     metrics = {**{f"test_{k}": v for k, v in task.score(outputs, "test").items()},
                **{f"val_{k}": v for k, v in val.items()},
-               "members": [str(r) for r in runs], "params": registry.count_params(model),
+               "members": [str(r) for r in runs], "member_seeds": seeds, "params": registry.count_params(model),
                "combine_seconds": round(time.perf_counter() - start, 2), "threads": torch.get_num_threads()}
     out.mkdir(parents=True, exist_ok=True)
     runs_io.save_model(out, model, cfg, {"metrics": {k: v for k, v in metrics.items() if isinstance(v, (int, float))},
-                                         "members": metrics["members"], **task.model_meta(model)})
+                                         "members": metrics["members"], "member_seeds": seeds,
+                                         **task.model_meta(model)})
     io.write_json(out / "metrics.json", metrics)
     io.write_json(out / "config.json", cfg.to_dict())
     return out
@@ -82,8 +83,9 @@ def _check_out(out: Path) -> None:
 
 
 def _ensemble_config(runs: list[Path], data_dir: str | None):
-    """The first member's config with the ensemble as its model; every member must be a recognition
-    run of the same data set and validation split (else "validation" would include training images)."""
+    """(the first member's config with the ensemble as its model, the members' seeds); every member
+    must be a recognition run of the same data set and validation split (else "validation" would
+    include training images of another member)."""
     from digitlab.config import TrainConfig
 
     if len(runs) < 2:
@@ -101,4 +103,4 @@ def _ensemble_config(runs: list[Path], data_dir: str | None):
     data.update(model="ensemble", model_args={"members": members}, activation=None,
                 data_dir=data_dir or data["data_dir"], device="cpu",
                 task_args={**data["task_args"], "junk_weight": 0.0})  # nothing is trained here
-    return TrainConfig.from_dict(data)
+    return TrainConfig.from_dict(data), [c.seed for c in cfgs]

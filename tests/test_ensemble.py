@@ -46,7 +46,7 @@ def test_combine_writes_a_run_that_loads_evaluates_and_predicts(tmp_path, capsys
     assert "2 members" in capsys.readouterr().out
     metrics = io.read_json(out / "metrics.json")
     meta = io.read_json(out / "model.json")
-    assert meta["model"] == "ensemble" and metrics["members"] == [str(a), str(b)]
+    assert meta["model"] == "ensemble" and metrics["members"] == [str(a), str(b)] and meta["member_seeds"] == [0, 1]
     assert meta["calibration"]["temperature"] > 0  # fitted again on validation
     # the recorded test accuracy is what re-evaluating the saved folder gives
     assert api.evaluate(out)["test_acc"] == pytest.approx(metrics["test_acc"])

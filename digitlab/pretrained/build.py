@@ -91,6 +91,7 @@ def pack(run: Path, preset: str, data_dir=None) -> Path:
     io.write_json(dest / "metrics.json", metrics)
     config = runfolder.read_json_file(run / "config.json", "config")
     record = {"task": task, "preset": preset, "source_run": run.name, "model": meta["model"], "params": meta.get("params"),
+              **({"member_seeds": meta["member_seeds"]} if "member_seeds" in meta else {}),
               "sha256": sha256(dest / "model.safetensors"), "bytes": (dest / "model.safetensors").stat().st_size,
               **_export_onnx(dest, task),
               "slice": {"split": "test", "first": SLICE, **measure(dest, data_dir)},
@@ -122,7 +123,7 @@ def model_card(record: dict) -> str:
 
 - **Data**: {CARD_TEXT[record['task']]['data']}
 - **Recipe**: preset `{record['preset']}` ({cfg['epochs']} epochs, batch {cfg['batch_size']}, {cfg['optimizer']}
-  lr {cfg['lr']}, schedule {cfg['schedule']}, seed {cfg['seed']}); the full resolved settings are in `config.json`.
+  lr {cfg['lr']}, schedule {cfg['schedule']}, {_seeds(record)}); the full resolved settings are in `config.json`.
 - **Rebuilt by**: `bash scripts/build_pretrained.sh` (trains every shipped model, then packs it with
   `python -m digitlab.pretrained.build RUN`); figures recorded in `benchmarks/pretrained-{record['task']}.json`.
 - **Weights**: `model.safetensors`, {record['params']:,} parameters, {record['bytes']:,} bytes,
@@ -144,6 +145,14 @@ def model_card(record: dict) -> str:
 
 {CARD_TEXT[record['task']]['limits']}
 """
+
+
+def _seeds(record: dict) -> str:
+    seeds = record.get("member_seeds")
+    if not seeds:
+        return f"seed {record['config']['seed']}"
+    return (f"seeds {', '.join(map(str, seeds))}: one run per seed, their probabilities averaged by "
+            f"`digitlab ensemble`")
 
 
 def _onnx_line(record: dict) -> str:
