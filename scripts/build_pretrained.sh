@@ -1,10 +1,13 @@
 #!/usr/bin/env bash
-# Rebuild digitlab's shipped models (digitlab/pretrained/<task>/) from their presets, seed 0, 1 thread
-# (a fixed thread count keeps the arithmetic, and so the weights, the same run after run on one machine).
-# Each model is trained by `digitlab train`, then packed by `python -m digitlab.pretrained.build`, which
-# writes its MODEL_CARD.md and records its SHA-256 and check figures in benchmarks/pretrained-<task>.json.
+# Rebuild digitlab's shipped models (digitlab/pretrained/<task>/) from their presets, 1 thread (a fixed
+# thread count keeps the arithmetic, and so the weights, the same run after run on one machine).
+# The denoiser and the comparer are one `digitlab train` run each, seed 0. The recogniser is three runs of
+# its preset, seeds 0, 1 and 2, averaged by `digitlab ensemble` (docs/shift.md, "Three seeds averaged":
+# the ensemble reads the shifted digits of `digitlab bench shift` better than any one of its members).
+# Each model is then packed by `python -m digitlab.pretrained.build`, which writes its MODEL_CARD.md and
+# records its SHA-256 and check figures in benchmarks/pretrained-<task>.json.
 #
-#   bash scripts/build_pretrained.sh                 # all three (about 30 minutes on 2 CPU cores)
+#   bash scripts/build_pretrained.sh                 # all three (the recogniser: three runs of ~7 minutes each)
 #   bash scripts/build_pretrained.sh recognize       # one of them
 #
 # WORK (default build/pretrained-runs) keeps the full run folders (history, figures, report).
@@ -20,6 +23,10 @@ for task in "${tasks[@]}"; do
   [ -n "${preset[$task]:-}" ] || { echo "unknown task $task: use recognize, denoise or compare" >&2; exit 2; }
   run="$work/$task"
   rm -rf "$run"
-  digitlab train "$task" --preset "${preset[$task]}" --seed 0 --set threads=1 --out "$run" --quiet
+  if [ "$task" = recognize ]; then
+    digitlab ensemble --preset "${preset[$task]}" --seeds 0 1 2 --set threads=1 --out "$run" --quiet
+  else
+    digitlab train "$task" --preset "${preset[$task]}" --seed 0 --set threads=1 --out "$run" --quiet
+  fi
   python -m digitlab.pretrained.build "$run" --preset "${preset[$task]}"
 done
