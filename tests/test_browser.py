@@ -203,8 +203,8 @@ def test_denoise_and_compare_tabs(server, browser):
     page.close()
 
 
-# Threshold for the stroke set (30 drawings, tests/handwriting.py) read by the shipped recogniser (99.32% on
-# MNIST test): measured 30/30, all shown confidently, in Chromium, as was the 8-epoch model before it. At
+# Threshold for the stroke set (30 drawings, tests/handwriting.py) read by the shipped recogniser (99.38% on
+# MNIST test): measured 30/30, all shown confidently, in Chromium, as were the single-seed models before it. At
 # twice the shipped model's MNIST error rate, 3 or more errors in 30 happen < 1% of the time. Shrinking the
 # whole pad to 28x28 (no crop/fit/centre, the mistake this guards against) scored 16-18/30 with a weaker model.
 MIN_RIGHT = 28
