@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import argparse
 import importlib
+import os
 import sys
 
 from digitlab import __version__
@@ -37,6 +38,12 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     try:
         result = args.func(args)
+        sys.stdout.flush()  # a closed pipe shows up here, inside the try, not at interpreter exit
+    except BrokenPipeError:
+        # The reader stopped early (`digitlab predict *.png | head -1`): stop quietly, as `ls | head` does.
+        # The rest of stdout goes to devnull so that Python's flush at exit does not raise again.
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 1
     except DigitlabError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2

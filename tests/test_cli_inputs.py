@@ -204,3 +204,17 @@ def test_every_command_help_has_a_description():
     assert {"digitlab eval", "digitlab data show"} <= set(leaves)
     missing = sorted(name for name, parser in leaves.items() if not parser.description)
     assert not missing, f"--help without a description: {missing}"
+
+
+def test_output_piped_into_a_reader_that_stops_early_ends_without_a_traceback():
+    # `digitlab predict *.png | head -1` closes the pipe while digitlab still writes; like other tools it must
+    # stop quietly, not print a BrokenPipeError traceback.
+    import subprocess
+    import sys
+
+    proc = subprocess.Popen([sys.executable, "-m", "digitlab", "train", "--list-models", "--list-presets"],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    proc.stdout.close()  # before the child, still importing, writes anything
+    stderr = proc.stderr.read().decode()
+    proc.wait(timeout=60)
+    assert "Traceback" not in stderr and "BrokenPipeError" not in stderr, stderr
