@@ -123,6 +123,23 @@ def test_bad_junk_families_are_a_clear_error():
         RecognizeTask().setup(smoke(junk_weight=1.0, junk_families=["doodles"]), torch.device("cpu"))
 
 
+def test_junk_mix_sets_each_familys_share_of_the_training_junk():
+    both = ("marks", "scribble")
+    plain = junk.make_mix(200, 0, digits(), None, both)  # TRAIN_MIX: 0.2 and 0.2, half each
+    only_marks = junk.make_mix(200, 0, digits(), None, both, {"scribble": 0.0})
+    assert len(plain) == len(only_marks) == 200
+    marks = junk.make("marks", 200, 0, "train")
+    assert torch.equal(only_marks.sort(0).values, marks.sort(0).values)  # the same images, shuffled
+    assert not torch.equal(plain.sort(0).values, marks.sort(0).values)
+
+
+@pytest.mark.parametrize("mix", [{"doodles": 0.3}, {"marks": -1}, {"marks": "a lot"},
+                                 {f: 0 for f in SYNTH_FAMILIES}, [0.3]])
+def test_bad_junk_mix_is_a_clear_error(mix):
+    with pytest.raises(DigitlabError, match="junk_mix"):
+        RecognizeTask().setup(smoke(junk_weight=1.0, junk_mix=mix), torch.device("cpu"))
+
+
 def test_every_run_stores_a_calibration_that_verdict_and_bench_use(tmp_path):
     run = loop.train(smoke(junk_weight=0.5), tmp_path / "run", quiet=True)
     meta = json.loads((run / "model.json").read_text())

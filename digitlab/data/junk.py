@@ -80,9 +80,11 @@ def make(family: str, n: int, seed: int, purpose: str = "train", digits: torch.T
 
 
 def make_mix(n: int, seed: int, digits: torch.Tensor, fashion: torch.Tensor | None,
-             families: tuple[str, ...] = FAMILIES) -> torch.Tensor:
-    """`n` training images mixed over `families` in TRAIN_MIX proportions, shuffled: uint8 (n,28,28)."""
-    shares = {f: TRAIN_MIX[f] for f in families}
+             families: tuple[str, ...] = FAMILIES, mix: dict[str, float] | None = None) -> torch.Tensor:
+    """`n` training images mixed over `families` in TRAIN_MIX proportions (`mix` overrides some of
+    them), shuffled: uint8 (n,28,28)."""
+    shares = {f: {**TRAIN_MIX, **(mix or {})}[f] for f in families}
+    shares = {f: s for f, s in shares.items() if s > 0}
     total = sum(shares.values())
     parts = [make(f, max(1, round(n * s / total)), seed, "train", digits=digits, fashion=fashion)
              for f, s in shares.items()]

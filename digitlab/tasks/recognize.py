@@ -7,6 +7,7 @@ task_args (all optional; defaults in TASK_ARGS):
     junk_fraction   junk images per digit image in each batch (0.25: 32 junk per 128 digits)
     junk_size       junk images generated once per run (a mix of data/junk.py's families), on the device
     junk_families   which families to train on (default all; "fashion" needs Fashion-MNIST)
+    junk_mix        {family: share} overriding data/junk.py's TRAIN_MIX, e.g. {two_digits: 0.3}
     reject_fraction, unsure_fraction   validation quantiles for the abstain thresholds (calibrate.py)
 
 Every run ends with a calibration fitted on validation (temperature + abstain thresholds), stored
@@ -30,7 +31,7 @@ from digitlab.errors import DigitlabError
 from digitlab.tasks.base import Outputs, TaskBase, augmentation, merge_task_args, to_float, train_val_indices
 
 TASK_ARGS = {"junk_weight": 0.0, "junk_fraction": 0.25, "junk_size": 10_000, "junk_families": list(junk.FAMILIES),
-             "reject_fraction": calibrate.REJECT_FRACTION, "unsure_fraction": calibrate.UNSURE_FRACTION}
+             "junk_mix": {}, "reject_fraction": calibrate.REJECT_FRACTION, "unsure_fraction": calibrate.UNSURE_FRACTION}
 
 
 def load_splits(cfg: TrainConfig, device: torch.device) -> dict[str, tuple[torch.Tensor, torch.Tensor]]:
@@ -74,6 +75,12 @@ class RecognizeTask(TaskBase):
         if bad or not families:
             raise DigitlabError(f"task_args.junk_families {list(families)}: {'unknown ' + str(bad) if bad else 'empty'}",
                                 f"use one or more of: {', '.join(junk.FAMILIES)}")
+        mix = self.args["junk_mix"]
+        if not isinstance(mix, dict) or any(f not in junk.FAMILIES or not isinstance(v, (int, float)) or not 0 <= v < math.inf
+                                            for f, v in mix.items()) \
+                or not any({**junk.TRAIN_MIX, **mix}[f] > 0 for f in families):
+            raise DigitlabError(f"task_args.junk_mix {mix!r}: needs {{family: share >= 0}}, some family of "
+                                f"junk_families above 0", f"e.g. {{two_digits: 0.3}}; families: {', '.join(junk.FAMILIES)}")
 
     @property
     def junk(self) -> torch.Tensor | None:
@@ -87,7 +94,8 @@ class RecognizeTask(TaskBase):
     def _make_junk(self) -> torch.Tensor:
         families = tuple(self.args["junk_families"])
         fashion = mnist.load_split("train", "fashion-mnist")[0] if "fashion" in families else None
-        images = junk.make_mix(int(self.args["junk_size"]), self.cfg.seed, self.splits["train"][0].cpu(), fashion, families)
+        images = junk.make_mix(int(self.args["junk_size"]), self.cfg.seed, self.splits["train"][0].cpu(), fashion, families,
+                               self.args["junk_mix"])
         return images.to(self.device)
 
     def train_batch(self, index: torch.Tensor, generator: torch.Generator) -> tuple:
