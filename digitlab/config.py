@@ -259,7 +259,8 @@ def _leaves(value):
 
 def _check_task_args(task: str, values: dict) -> None:
     """Keys against the task's TASK_ARGS (a task without one takes none); each value's type against
-    its default's (a list default takes a list of names; a None default an integer count or null)."""
+    its default's (a list default takes a list of names, a dict default names mapped to numbers; a None
+    default an integer count or null)."""
     import importlib
 
     defaults = getattr(importlib.import_module(f"digitlab.tasks.{task}"), "TASK_ARGS", {})
@@ -270,12 +271,13 @@ def _check_task_args(task: str, values: dict) -> None:
         raise DigitlabError(f"invalid config: unknown {task} task_args {', '.join(unknown)}", fix)
     for key, value in values.items():
         default = defaults[key]
-        kind = {bool: StrictBool, int: Int, float: Num, str: str, list: list[str]}.get(type(default), Int | None)
+        kind = {bool: StrictBool, int: Int, float: Num, str: str, list: list[str], dict: dict[str, Num]}.get(
+            type(default), Int | None)
         try:
             TypeAdapter(kind).validate_python(value)
         except ValidationError:
             want = {bool: "true or false", int: "an integer", float: "a number", str: "a string",
-                    list: "a list of names"}.get(
+                    list: "a list of names", dict: "a mapping of names to numbers"}.get(
                 type(default), "an integer or null")
             raise DigitlabError(f"invalid config: task_args.{key} = {value!r} is not {want}",
                                 f"e.g. task_args.{key}={default if default is not None else 1000}") from None
