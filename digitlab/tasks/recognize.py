@@ -76,9 +76,8 @@ class RecognizeTask(TaskBase):
             raise DigitlabError(f"task_args.junk_families {list(families)}: {'unknown ' + str(bad) if bad else 'empty'}",
                                 f"use one or more of: {', '.join(junk.FAMILIES)}")
         mix = self.args["junk_mix"]
-        if not isinstance(mix, dict) or any(f not in junk.FAMILIES or not isinstance(v, (int, float)) or not 0 <= v < math.inf
-                                            for f, v in mix.items()) \
-                or not any({**junk.TRAIN_MIX, **mix}[f] > 0 for f in families):
+        valid = isinstance(mix, dict) and all(f in junk.FAMILIES and _is_share(v) for f, v in mix.items())
+        if not valid or not any({**junk.TRAIN_MIX, **mix}[f] > 0 for f in families):
             raise DigitlabError(f"task_args.junk_mix {mix!r}: needs {{family: share >= 0}}, some family of "
                                 f"junk_families above 0", f"e.g. {{two_digits: 0.3}}; families: {', '.join(junk.FAMILIES)}")
 
@@ -183,6 +182,10 @@ class RecognizeTask(TaskBase):
 def _weights(model: nn.Module) -> list[torch.Tensor]:
     """A copy of the model's weights and buffers, to tell later whether they changed."""
     return [t.detach().cpu().clone() for t in model.state_dict().values()]
+
+
+def _is_share(value) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool) and 0 <= value < math.inf
 
 
 def _same_weights(a: list[torch.Tensor], b: list[torch.Tensor]) -> bool:
