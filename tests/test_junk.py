@@ -123,6 +123,21 @@ def test_bad_junk_families_are_a_clear_error():
         RecognizeTask().setup(smoke(junk_weight=1.0, junk_families=["doodles"]), torch.device("cpu"))
 
 
+def test_bar_digit_puts_a_bar_as_tall_as_the_digit_beside_it():
+    grey_square = torch.zeros(1, 28, 28, dtype=torch.uint8)
+    grey_square[0, 9:19, 9:19] = 128  # the "digit": grey, so the white bar tells itself apart
+    rng, sides = np.random.default_rng(0), set()
+    for _ in range(20):
+        out = junk._bar_digit(rng, grey_square)
+        bar, digit = out > 0.75, (out > 0.25) & (out < 0.75)
+        bar_cols, digit_cols = np.nonzero(bar.any(0))[0], np.nonzero(digit.any(0))[0]
+        assert len(digit_cols) == 10 and 1 <= len(bar_cols) <= 8
+        assert bar_cols.max() < digit_cols.min() or bar_cols.min() > digit_cols.max()  # beside it, not across
+        sides.add(bar_cols.max() < digit_cols.min())
+        assert np.ptp(np.nonzero(bar.any(1))[0]) + 1 == 10  # as tall as the digit
+    assert sides == {True, False}
+
+
 def test_junk_mix_sets_each_familys_share_of_the_training_junk():
     both = ("marks", "scribble")
     plain = junk.make_mix(200, 0, digits(), None, both)  # TRAIN_MIX: 0.2 and 0.2, half each

@@ -9,6 +9,8 @@ and measure it (`bench/junk.py`) on the things people actually draw or upload in
     two_digits  two MNIST digits side by side ("12" written as one drawing)
     letters     letters rendered from fonts, digit-like ones left out (see DIGIT_LIKE)
     fashion     Fashion-MNIST clothing images
+    bar_digit   a plain bar (a 1 in one stroke) beside an MNIST digit: "12" or "71" as one drawing, the
+                pair a stray line also looks like (off by default: a share in TRAIN_MIX of 0)
 
 Training and measuring never share an image: measuring uses other seeds, MNIST's test digits for
 `two_digits`, Fashion-MNIST's test split, and fonts that training never sees (STIX vs DejaVu and
@@ -30,9 +32,9 @@ from digitlab.data.preprocess import to_mnist
 from digitlab.errors import DigitlabError
 
 CANVAS = 96
-FAMILIES = ("marks", "scribble", "two_digits", "letters", "fashion")
+FAMILIES = ("marks", "scribble", "two_digits", "letters", "fashion", "bar_digit")  # new ones last: seeds by index
 # Share of each family in the training set (fashion is the most varied, so the largest share).
-TRAIN_MIX = {"fashion": 0.3, "scribble": 0.2, "marks": 0.2, "two_digits": 0.15, "letters": 0.15}
+TRAIN_MIX = {"fashion": 0.3, "scribble": 0.2, "marks": 0.2, "two_digits": 0.15, "letters": 0.15, "bar_digit": 0.0}
 MARKS = ("dot", "dash", "specks", "smudge", "x", "plus", "circled_x", "circled_plus", "hash", "asterisk")
 
 # Letters a digit is often written like: they stay out of the reject set, because calling a
@@ -66,10 +68,11 @@ def make(family: str, n: int, seed: int, purpose: str = "train", digits: torch.T
             raise DigitlabError("the fashion junk family needs Fashion-MNIST images", "pass fashion=")
         pick = rng.choice(len(fashion), size=min(n, len(fashion)), replace=False)
         sources = (fashion[i].numpy().astype(np.float32) / 255 for i in pick)
-    elif family == "two_digits":
+    elif family in ("two_digits", "bar_digit"):
         if digits is None:
-            raise DigitlabError("the two_digits junk family needs MNIST digit images", "pass digits=")
-        sources = (_two_digits(rng, digits) for _ in range(n))
+            raise DigitlabError(f"the {family} junk family needs MNIST digit images", "pass digits=")
+        pair = _two_digits if family == "two_digits" else _bar_digit
+        sources = (pair(rng, digits) for _ in range(n))
     elif family == "letters":
         fonts = _fonts(TRAIN_FONTS if purpose == "train" else MEASURE_FONTS)
         sources = (_letter(rng, fonts) for _ in range(n))
@@ -194,7 +197,26 @@ def _chaikin(points: np.ndarray, rounds: int) -> np.ndarray:
 def _two_digits(rng, digits: torch.Tensor) -> np.ndarray:
     """Two random MNIST digits, each cropped to its ink columns, side by side 0-6 px apart."""
     a, b = (digits[int(i)].numpy().astype(np.float32) / 255 for i in rng.integers(len(digits), size=2))
-    a, b = (d[:, d.max(axis=0) > 0] for d in (a, b))
+    return _side_by_side(rng, *(d[:, d.max(axis=0) > 0] for d in (a, b)))
+
+
+def _bar_digit(rng, digits: torch.Tensor) -> np.ndarray:
+    """A random MNIST digit with a plain bar as tall as its ink beside it, left or right, as a 1 is
+    written in one stroke: 1-3 px wide, its top up to 2 px left or 4 px right of its foot."""
+    digit = digits[int(rng.integers(len(digits)))].numpy().astype(np.float32) / 255
+    digit = digit[:, digit.max(axis=0) > 0]
+    rows = np.nonzero(digit.max(axis=1) > 0)[0]
+    lean = int(rng.integers(-2, 5))  # mostly leaning right, as 1s are written
+    img = Image.new("L", (abs(lean) + 6, 28), 0)
+    x_top = 3 + max(lean, 0)
+    ImageDraw.Draw(img).line([(x_top, rows[0]), (x_top - lean, rows[-1])], fill=255, width=int(rng.integers(1, 4)))
+    bar = np.asarray(img, dtype=np.float32) / 255
+    bar = bar[:, bar.max(axis=0) > 0]
+    return _side_by_side(rng, bar, digit) if rng.random() < 0.5 else _side_by_side(rng, digit, bar)
+
+
+def _side_by_side(rng, a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    """Two ink-cropped 28-row images side by side, 0-6 px apart, the second moved up to 3 px up or down."""
     gap, shift = int(rng.integers(0, 7)), int(rng.integers(-3, 4))
     out = np.zeros((28 + 8, a.shape[1] + gap + b.shape[1] + 8), dtype=np.float32)
     out[4:32, 4:4 + a.shape[1]] = a
