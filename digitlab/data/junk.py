@@ -82,15 +82,19 @@ def make(family: str, n: int, seed: int, purpose: str = "train", digits: torch.T
     return _prepare(sources)
 
 
+def shares(families: tuple[str, ...], mix: dict[str, float] | None = None) -> dict[str, float]:
+    """Each of `families`' share of the training junk: TRAIN_MIX, overridden by `mix`; zeros left out."""
+    table = {**TRAIN_MIX, **(mix or {})}
+    return {f: table[f] for f in families if table[f] > 0}
+
+
 def make_mix(n: int, seed: int, digits: torch.Tensor, fashion: torch.Tensor | None,
              families: tuple[str, ...] = FAMILIES, mix: dict[str, float] | None = None) -> torch.Tensor:
-    """`n` training images mixed over `families` in TRAIN_MIX proportions (`mix` overrides some of
-    them), shuffled: uint8 (n,28,28)."""
-    shares = {f: {**TRAIN_MIX, **(mix or {})}[f] for f in families}
-    shares = {f: s for f, s in shares.items() if s > 0}
-    total = sum(shares.values())
+    """`n` training images mixed over `families` in the proportions of `shares`, shuffled: uint8 (n,28,28)."""
+    mix_shares = shares(families, mix)
+    total = sum(mix_shares.values())
     parts = [make(f, max(1, round(n * s / total)), seed, "train", digits=digits, fashion=fashion)
-             for f, s in shares.items()]
+             for f, s in mix_shares.items()]
     images = torch.cat(parts)
     return images[torch.randperm(len(images), generator=torch.Generator().manual_seed(seed))]
 
@@ -212,7 +216,7 @@ def _bar_digit(rng, digits: torch.Tensor) -> np.ndarray:
     ImageDraw.Draw(img).line([(x_top, rows[0]), (x_top - lean, rows[-1])], fill=255, width=int(rng.integers(1, 4)))
     bar = np.asarray(img, dtype=np.float32) / 255
     bar = bar[:, bar.max(axis=0) > 0]
-    return _side_by_side(rng, bar, digit) if rng.random() < 0.5 else _side_by_side(rng, digit, bar)
+    return _side_by_side(rng, *((bar, digit) if rng.random() < 0.5 else (digit, bar)))
 
 
 def _side_by_side(rng, a: np.ndarray, b: np.ndarray) -> np.ndarray:

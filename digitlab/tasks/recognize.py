@@ -77,7 +77,7 @@ class RecognizeTask(TaskBase):
                                 f"use one or more of: {', '.join(junk.FAMILIES)}")
         mix = self.args["junk_mix"]
         valid = isinstance(mix, dict) and all(f in junk.FAMILIES and _is_share(v) for f, v in mix.items())
-        if not valid or not any({**junk.TRAIN_MIX, **mix}[f] > 0 for f in families):
+        if not valid or not junk.shares(families, mix):
             raise DigitlabError(f"task_args.junk_mix {mix!r}: needs {{family: share >= 0}}, some family of "
                                 f"junk_families above 0", f"e.g. {{two_digits: 0.3}}; families: {', '.join(junk.FAMILIES)}")
 
