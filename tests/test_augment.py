@@ -221,6 +221,15 @@ def test_broken_cuts_ink_and_lines_add_it():
     assert (lines >= x).all() and lines.sum() > x.sum()
 
 
+def test_broken_on_ink_cuts_the_strokes_it_is_asked_to():
+    x = strokes(256)
+    anywhere = (x - augment(x, AugmentConfig(broken_p=1.0, broken_holes=3), gen())).sum()
+    on_ink = (x - augment(x, AugmentConfig(broken_p=1.0, broken_holes=0, broken_ink_holes=3), gen())).sum()
+    assert on_ink > 3 * anywhere  # anywhere, most of the 3 holes fall on the background
+    one = augment(x, AugmentConfig(broken_p=1.0, broken_holes=0, broken_ink_holes=1), gen())
+    assert on_ink > 2 * (x - one).sum()  # the count is holes per image: 3 cut more than 1
+
+
 def test_binarise_gives_zero_one_pixels_and_aspect_widens():
     x = F.avg_pool2d(strokes(16), 3, 1, 1)  # grey edges
     y = augment(x, AugmentConfig(binarize_p=1.0), gen())

@@ -46,6 +46,7 @@ class AugmentConfig:
     gamma: float = 1.0  # gamma drawn log-uniform in [1/gamma, gamma] for the images not binarised
     broken_p: float = 0.0
     broken_holes: float = 6.0  # expected 3x3 holes per image (about a fifth land on ink)
+    broken_ink_holes: float = 0.0  # expected 3x3 holes centred on ink per image, besides broken_holes
     lines_p: float = 0.0  # a stray straight line (solid or dotted) across the field
     lines_segments: int = 1  # a stray line is a zigzag of 1..lines_segments straight segments
     refit_p: float = 0.0  # crop to the ink and fit it to 20 px again, as preprocessing does with a real input
@@ -61,7 +62,8 @@ class AugmentConfig:
         bad = [f"{name}={getattr(self, name)}" for name, ok in probabilities + [
             ("aspect", self.aspect >= 1), ("gamma", self.gamma >= 1), ("stroke", 0 <= self.stroke <= 2),
             ("lowres", len(self.lowres) == 2 and 2 <= self.lowres[0] <= self.lowres[1] <= 28),
-            ("broken_holes", self.broken_holes >= 0), ("noise_std", self.noise_std >= 0),
+            ("broken_holes", self.broken_holes >= 0), ("broken_ink_holes", self.broken_ink_holes >= 0),
+            ("noise_std", self.noise_std >= 0),
             ("lines_segments", isinstance(self.lines_segments, int) and 1 <= self.lines_segments <= 8),
             ("rotate", self.rotate >= 0), ("translate", self.translate >= 0), ("shear", 0 <= self.shear < 90),
             ("elastic_alpha", self.elastic_alpha >= 0), ("elastic_sigma", self.elastic_sigma > 0),
@@ -287,9 +289,16 @@ def _levels(x: torch.Tensor, cfg: AugmentConfig, g: torch.Generator) -> torch.Te
 
 
 def _broken(x: torch.Tensor, cfg: AugmentConfig, g: torch.Generator) -> torch.Tensor:
-    """Cut 3x3 holes at random places (max-pooled random seeds): broken strokes."""
+    """Cut 3x3 holes (max-pooled random seeds): broken strokes. `broken_holes` fall anywhere, so
+    most miss the strokes; `broken_ink_holes` are centred on ink, as a dry pen's gaps are (and the
+    `broken` shift of `digitlab bench shift`)."""
     on, _ = _chosen(len(x), cfg.broken_p, g, x.device)
-    seeds = (_rand(len(x), x.shape[-2] * x.shape[-1], g, x.device) < cfg.broken_holes / x[0].numel())
+    u = _rand(len(x), x.shape[-2] * x.shape[-1], g, x.device).view_as(x)
+    rate = cfg.broken_holes / x[0].numel()  # per pixel
+    if cfg.broken_ink_holes > 0:
+        ink = (x > 0.5).to(x.dtype)
+        rate = rate + ink * cfg.broken_ink_holes / ink.sum(dim=(1, 2, 3), keepdim=True).clamp_min(1)
+    seeds = u < rate
     holes = F.max_pool2d(seeds.to(x.dtype).view_as(x), 3, 1, 1)
     return x * (1 - on * holes)
 
