@@ -270,6 +270,16 @@ def test_zigzag_lines_add_more_ink_than_single_segments():
     assert zigzag > 1.5 * one  # 1-3 segments drawn, 2 on average
 
 
+def test_lines_radius_draws_thinner_lines_and_is_validated():
+    x = torch.zeros(64, 1, 28, 28)
+    default = augment(x, AugmentConfig(lines_p=1.0), gen(4)).sum()
+    thin = augment(x, AugmentConfig(lines_p=1.0, lines_radius=(0.5, 0.5)), gen(4)).sum()
+    ranged = augment(x, AugmentConfig(lines_p=1.0, lines_radius=[0.5, 1.25]), gen(4)).sum()  # YAML gives lists
+    assert thin < 0.6 * default and thin < ranged < default  # same lines, each drawn thinner
+    with pytest.raises(DigitlabError, match="lines_radius"):
+        AugmentConfig(lines_radius=(0, 1))
+
+
 def _fitted(x):
     """Each image through the product's preprocessing: what a real input looks like to the model."""
     from digitlab.data.preprocess import to_mnist_array

@@ -49,6 +49,7 @@ class AugmentConfig:
     broken_ink_holes: float = 0.0  # expected 3x3 holes centred on ink per image, besides broken_holes
     lines_p: float = 0.0  # a stray straight line (solid or dotted) across the field
     lines_segments: int = 1  # a stray line is a zigzag of 1..lines_segments straight segments
+    lines_radius: tuple[float, float] = (1.25, 1.25)  # half-width in px of a stray line, drawn per image
     refit_p: float = 0.0  # crop to the ink and fit it to 20 px again, as preprocessing does with a real input
     noise_p: float = 0.0
     noise_std: float = 0.1  # max std of additive Gaussian noise
@@ -57,7 +58,7 @@ class AugmentConfig:
 
     def __post_init__(self):
         self.scale, self.blur_sigma = tuple(self.scale), tuple(self.blur_sigma)  # YAML gives lists
-        self.lowres = tuple(self.lowres)
+        self.lowres, self.lines_radius = tuple(self.lowres), tuple(self.lines_radius)
         probabilities = [(n, 0 <= getattr(self, n) <= 1) for n in self._STYLE_P + ("p", "blur_p", "styles_p")]
         bad = [f"{name}={getattr(self, name)}" for name, ok in probabilities + [
             ("aspect", self.aspect >= 1), ("gamma", self.gamma >= 1), ("stroke", 0 <= self.stroke <= 2),
@@ -69,6 +70,7 @@ class AugmentConfig:
             ("elastic_alpha", self.elastic_alpha >= 0), ("elastic_sigma", self.elastic_sigma > 0),
             ("scale", len(self.scale) == 2 and 0 < self.scale[0] <= self.scale[1]),
             ("blur_sigma", len(self.blur_sigma) == 2 and 0 <= self.blur_sigma[0] <= self.blur_sigma[1]),
+            ("lines_radius", len(self.lines_radius) == 2 and 0 < self.lines_radius[0] <= self.lines_radius[1]),
         ] if not ok]
         if bad:
             raise DigitlabError(f"invalid augmentation settings: {', '.join(bad)}",
@@ -304,8 +306,10 @@ def _broken(x: torch.Tensor, cfg: AugmentConfig, g: torch.Generator) -> torch.Te
 
 
 def _lines(x: torch.Tensor, cfg: AugmentConfig, g: torch.Generator) -> torch.Tensor:
-    """A stray stroke ~1.5 px wide: a zigzag of 1..lines_segments straight segments between random
-    points (one segment when lines_segments is 1), dotted for half of the images."""
+    """A stray stroke (half-width drawn in `lines_radius`, ~2.5 px wide by default): a zigzag of
+    1..lines_segments straight segments between random points (one segment when lines_segments is 1),
+    dotted for half of the images. A ruled line or a scratch can be much thinner than a pen stroke,
+    as the zigzag shift's is (docs/shift.md)."""
     b, _, h, w = x.shape
     on, u = _chosen(b, cfg.lines_p, g, x.device)
     size = torch.tensor([w, h], device=x.device, dtype=x.dtype)
@@ -314,9 +318,11 @@ def _lines(x: torch.Tensor, cfg: AugmentConfig, g: torch.Generator) -> torch.Ten
         more = _rand(b, 2 * cfg.lines_segments - 1, g, x.device)
         points = torch.cat([points, (more[:, 1:] * size.repeat(cfg.lines_segments - 1)).view(b, -1, 2)], 1)
         count = 1 + (more[:, 0] * cfg.lines_segments * 0.999).long()  # (B,) segments drawn per image
+    low, high = cfg.lines_radius
+    radius = low + (high - low) * _rand(b, 1, g, x.device)[:, 0] if high > low else low  # drawn only when asked
     ink = torch.zeros_like(x)
     for k in range(cfg.lines_segments):
-        seg, t, length = _segments(points[:, k], points[:, k + 1], 1.25, (h, w))
+        seg, t, length = _segments(points[:, k], points[:, k + 1], radius, (h, w))
         dotted = (u < 0.5).view(b, 1, 1, 1) & (torch.remainder(t * length, 4) >= 2)  # dots every ~4 px
         drawn = on if k == 0 else on * (count > k).to(x.dtype).view(b, 1, 1, 1)
         ink = torch.maximum(ink, drawn * torch.where(dotted, torch.zeros_like(seg), seg))
