@@ -301,7 +301,7 @@ def _broken(x: torch.Tensor, cfg: AugmentConfig, g: torch.Generator) -> torch.Te
         ink = (x > 0.5).to(x.dtype)
         rate = rate + ink * cfg.broken_ink_holes / ink.sum(dim=(1, 2, 3), keepdim=True).clamp_min(1)
     seeds = u < rate
-    holes = F.max_pool2d(seeds.to(x.dtype).view_as(x), 3, 1, 1)
+    holes = F.max_pool2d(seeds.to(x.dtype), 3, 1, 1)  # u, and so seeds, already have x's shape
     return x * (1 - on * holes)
 
 
