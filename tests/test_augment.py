@@ -263,27 +263,6 @@ def test_fog_brightens_the_background_smoothly():
     assert y[:, :, 1:].sub(y[:, :, :-1]).abs().max() < 0.1  # smooth: no sharp edges added
 
 
-def test_fog_dehaze_leaves_what_preprocessing_leaves_of_the_haze():
-    import numpy as np
-
-    from digitlab.data.preprocess import _remove_haze
-
-    x = strokes(8) / 2  # faint ink: haze on it stays below 1, so augment's final clamp leaves it alone
-    fogged = augment(x, AugmentConfig(fog_p=1.0), gen(2))
-    dehazed = augment(x, AugmentConfig(fog_p=1.0, fog_dehaze=1.0), gen(2))
-    compared = 0
-    for f, d in zip(fogged, dehazed):  # the same haze (fog_dehaze draws after it), removed the same way
-        arr = f[0].numpy().astype(np.float32)
-        ref = _remove_haze(arr)
-        if ref is not arr:  # haze too faint for preprocessing to bother (augment removes it anyway)
-            assert torch.allclose(d[0], torch.from_numpy(ref), atol=1e-5)
-            compared += 1
-    assert compared >= 4
-    assert dehazed[x == 0].mean() < fogged[x == 0].mean() / 3  # most of the background haze is gone
-    with pytest.raises(DigitlabError, match="fog_dehaze=2"):
-        AugmentConfig(fog_dehaze=2)
-
-
 def test_zigzag_lines_add_more_ink_than_single_segments():
     x = torch.zeros(64, 1, 28, 28)
     one = augment(x, AugmentConfig(lines_p=1.0), gen(4)).sum()

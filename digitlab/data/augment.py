@@ -54,13 +54,12 @@ class AugmentConfig:
     noise_p: float = 0.0
     noise_std: float = 0.1  # max std of additive Gaussian noise
     fog_p: float = 0.0  # a smooth haze of up to 0.4 (uneven lighting)
-    fog_dehaze: float = 0.0  # share of the fogged images whose haze is then subtracted as preprocessing does
     continental_p: float = 0.0  # 7s get a bar across the stem, 1s a flag at the top (needs labels)
 
     def __post_init__(self):
         self.scale, self.blur_sigma = tuple(self.scale), tuple(self.blur_sigma)  # YAML gives lists
         self.lowres, self.lines_radius = tuple(self.lowres), tuple(self.lines_radius)
-        probabilities = [(n, 0 <= getattr(self, n) <= 1) for n in self._STYLE_P + ("p", "blur_p", "styles_p", "fog_dehaze")]
+        probabilities = [(n, 0 <= getattr(self, n) <= 1) for n in self._STYLE_P + ("p", "blur_p", "styles_p")]
         bad = [f"{name}={getattr(self, name)}" for name, ok in probabilities + [
             ("aspect", self.aspect >= 1), ("gamma", self.gamma >= 1), ("stroke", 0 <= self.stroke <= 2),
             ("lowres", len(self.lowres) == 2 and 2 <= self.lowres[0] <= self.lowres[1] <= 28),
@@ -404,20 +403,7 @@ def _fog(x: torch.Tensor, cfg: AugmentConfig, g: torch.Generator) -> torch.Tenso
     on, u = _chosen(len(x), cfg.fog_p, g, x.device)
     coarse = _rand(len(x), 16, g, x.device).view(-1, 1, 4, 4)
     haze = F.interpolate(coarse, size=x.shape[-2:], mode="bicubic", align_corners=False).clamp(0, 1)
-    fogged = x + on * (0.4 * u).view(-1, 1, 1, 1) * haze
-    if cfg.fog_dehaze == 0:
-        return fogged
-    dehazed, _ = _chosen(len(x), cfg.fog_dehaze, g, x.device)
-    return on * (dehazed * _dehaze(fogged) + (1 - dehazed) * fogged) + (1 - on) * x
-
-
-def _dehaze(x: torch.Tensor) -> torch.Tensor:
-    """preprocess._remove_haze on a batch: subtract the grey opening over a third of the side (no
-    stroke survives it), renormalise. What is left is not smooth: blotches where the opening's
-    window met ink, which a model trained on smooth haze alone misreads (docs/shift.md, "Fog")."""
-    k = x.shape[-1] // 3 | 1
-    background = F.max_pool2d(-F.max_pool2d(-x, k, 1, k // 2), k, 1, k // 2)
-    return _renormalise((x - background).clamp_min(0))
+    return x + on * (0.4 * u).view(-1, 1, 1, 1) * haze
 
 
 def _continental(x: torch.Tensor, labels: torch.Tensor, cfg: AugmentConfig, g: torch.Generator):
