@@ -2,6 +2,7 @@
 
     digitlab ensemble RUN_A RUN_B RUN_C --out runs/recognize/max
     digitlab ensemble --preset recognize-best --seeds 0 1 2 --out runs/recognize/max   # trains them first
+    digitlab ensemble --members recognize-robust:0 recognize-robust-deep:0 --out runs/recognize/mix
 
 The result is an ordinary run folder (config.json, model.safetensors, model.json, metrics.json), so
 `predict`, `serve`, `export`, `bench shift` and `digitlab.load` take it as they take any run. It is
@@ -22,18 +23,23 @@ from digitlab.errors import DigitlabError
 RUN_FILES = ("config.json", "model.safetensors", "model.json", "metrics.json")
 
 
-def train_members(preset: str, seeds: list[int], out: str | Path, quiet: bool = True, **settings: Any) -> list[Path]:
-    """Train `preset` once per seed into OUT/members/s<seed>; a finished member is kept, an
-    interrupted one resumes from its checkpoint, so the command can simply be run again."""
+def train_members(members: list[tuple[str, int]], out: str | Path, quiet: bool = True,
+                  **settings: Any) -> list[Path]:
+    """Train each (preset, seed) into OUT/members/s<seed> (or <preset>-s<seed> when the presets
+    differ); a finished member is kept, an interrupted one resumes from its checkpoint, so the
+    command can simply be run again."""
     from digitlab import config
     from digitlab.engine import loop
 
-    if len(set(seeds)) < 2:
-        raise DigitlabError(f"an ensemble needs at least two different seeds, got {seeds}", "e.g. --seeds 0 1 2")
-    cfgs = [config.resolve("recognize", preset, {"progress": not quiet, **settings, "seed": s}) for s in seeds]
+    if len(set(members)) < 2:
+        raise DigitlabError(f"an ensemble needs at least two different members (preset and seed), got {members}",
+                            "e.g. --seeds 0 1 2, or --members recognize-robust:0 recognize-robust-deep:0")
+    one_preset = len({preset for preset, _ in members}) == 1
+    cfgs = [config.resolve("recognize", preset, {"progress": not quiet, **settings, "seed": seed})
+            for preset, seed in members]
     paths = []
-    for seed, cfg in zip(seeds, cfgs):  # every config is checked before the first member trains
-        path = Path(out) / "members" / f"s{seed}"
+    for (preset, seed), cfg in zip(members, cfgs):  # every config is checked before the first member trains
+        path = Path(out) / "members" / (f"s{seed}" if one_preset else f"{Path(preset).stem}-s{seed}")
         path.mkdir(parents=True, exist_ok=True)
         loop.train(cfg, run_dir=path, resume=(path / "config.json").is_file(), quiet=quiet)
         paths.append(path)

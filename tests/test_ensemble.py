@@ -84,14 +84,37 @@ def test_the_preset_form_trains_the_members_and_a_rerun_keeps_them(tmp_path):
     assert io.read_json(out / "metrics.json")["test_acc"] == first["test_acc"]
 
 
+def test_the_members_form_trains_members_of_different_recipes(tmp_path):
+    wide = tmp_path / "smoke-wide.yaml"  # a second recipe: recognize-smoke with another net
+    wide.write_text("task: recognize\ndataset: synthetic\nval_size: 500\nmodel: digitnet\n"
+                    "model_args: {widths: [8, 16, 16], convs_per_stage: 2}\nepochs: 1\nbatch_size: 64\nthreads: 1\n")
+    out = tmp_path / "mix"
+    args = ["ensemble", "--members", "recognize-smoke:0", "recognize-smoke:1", f"{wide}:0", "--set", "epochs=1",
+            "--out", str(out), "--quiet"]
+    assert main(args) == 0
+    names = ["recognize-smoke-s0", "recognize-smoke-s1", "smoke-wide-s0"]
+    assert io.read_json(out / "metrics.json")["members"] == [str(out / "members" / n) for n in names]
+    assert io.read_json(out / "members" / "smoke-wide-s0" / "config.json")["model_args"]["convs_per_stage"] == 2
+    kinds = [m["model_args"]["widths"] for m in io.read_json(out / "model.json")["model_args"]["members"]]
+    assert kinds == [[8, 16, 32], [8, 16, 32], [8, 16, 16]]
+    bar = torch.zeros(28, 28)
+    bar[6:22, 13:16] = 1.0  # a 1
+    assert api.Recognizer(out).predict(bar).digit in range(10)
+
+
 @pytest.mark.parametrize("case, message", [
     ("one run", "at least two runs"),
     ("other split", "do not share one data set and validation split"),
     ("nested", "is an ensemble already"),
     ("taken", "already holds a run"),
-    ("runs and preset", "either RUN folders or --preset"),
+    ("runs and preset", "give one of: RUN folders, --preset or --members"),
+    ("preset and members", "give one of: RUN folders, --preset or --members"),
     ("set without preset", "--set changes how members are trained"),
-    ("one seed", "at least two different seeds"),
+    ("seeds with members", "--seeds goes with --preset"),
+    ("one seed", "at least two different members"),
+    ("same member twice", "at least two different members"),
+    ("bad member", "--members takes PRESET:SEED, got 'recognize-smoke'"),
+    ("bad seed", "--members takes PRESET:SEED, got 'recognize-smoke:x'"),
 ])
 def test_bad_requests_are_one_clear_error(tmp_path, capsys, case, message):
     a, b = member(tmp_path / "a", 0), member(tmp_path / "b", 1)
@@ -103,7 +126,12 @@ def test_bad_requests_are_one_clear_error(tmp_path, capsys, case, message):
         "taken": [str(a), str(b)],
         "runs and preset": [str(a), "--preset", "recognize-smoke"],
         "set without preset": [str(a), str(b), "--set", "epochs=1"],
+        "preset and members": ["--preset", "recognize-smoke", "--members", "recognize-smoke:0"],
+        "seeds with members": ["--members", "recognize-smoke:0", "recognize-smoke:1", "--seeds", "0"],
         "one seed": ["--preset", "recognize-smoke", "--seeds", "3", "3"],
+        "same member twice": ["--members", "recognize-smoke:3", "recognize-smoke:3"],
+        "bad member": ["--members", "recognize-smoke", "recognize-smoke:1"],
+        "bad seed": ["--members", "recognize-smoke:x", "recognize-smoke:1"],
     }[case]
     if case == "nested":
         assert main(["ensemble", str(a), str(b), "--out", str(tmp_path / "ab")]) == 0

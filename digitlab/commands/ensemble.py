@@ -11,14 +11,19 @@ def register(sub) -> None:
     p = sub.add_parser("ensemble", help="combine recognition runs (or train several seeds) into one averaged model",
                        description="Writes OUT: a run folder whose model averages the members' probabilities, "
                                    "measured on validation and test and calibrated again on validation. With "
-                                   "--preset, trains the members first (OUT/members/s<seed>; run it again to "
-                                   "resume).",
+                                   "--preset or --members, trains the members first (OUT/members/; run it again "
+                                   "to resume).",
                        epilog="examples: digitlab ensemble runs/recognize/a runs/recognize/b --out runs/recognize/ab\n"
-                              "          digitlab ensemble --preset recognize-best --seeds 0 1 2 --out runs/recognize/max")
+                              "          digitlab ensemble --preset recognize-best --seeds 0 1 2 --out runs/recognize/max\n"
+                              "          digitlab ensemble --members recognize-robust:0 recognize-robust:1 "
+                              "recognize-robust:2 recognize-robust-deep:0 --out runs/recognize/shipped")
     p.add_argument("runs", type=Path, nargs="*", metavar="RUN", help="finished recognition runs to combine")
     p.add_argument("--preset", help="train these members first: a recognition preset name or YAML path")
-    p.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2], help="with --preset: one member per seed")
-    p.add_argument("--set", nargs="+", default=[], metavar="KEY=VALUE", help="with --preset: config overrides")
+    p.add_argument("--seeds", type=int, nargs="+", help="with --preset: one member per seed (default 0 1 2)")
+    p.add_argument("--members", nargs="+", metavar="PRESET:SEED",
+                   help="train one member per PRESET:SEED first: members of different recipes")
+    p.add_argument("--set", nargs="+", default=[], metavar="KEY=VALUE", help="with --preset or --members: config "
+                   "overrides for every member")
     p.add_argument("--data-dir", help="folder with the MNIST IDX files")
     p.add_argument("--out", type=Path, required=True, help="folder to create for the ensemble")
     p.add_argument("--quiet", action="store_true", help="with --preset: no per-epoch lines")
@@ -28,19 +33,35 @@ def register(sub) -> None:
 def run(args) -> int:
     from digitlab import config, ensemble, runfolder
 
-    if bool(args.runs) == bool(args.preset):
-        raise DigitlabError("give either RUN folders or --preset, not both and not neither",
-                            "e.g. digitlab ensemble RUN_A RUN_B --out OUT, or --preset recognize-best --out OUT")
-    if args.set and not args.preset:
-        raise DigitlabError("--set changes how members are trained, so it needs --preset",
-                            "drop --set, or train the members with --preset")
+    if sum(map(bool, (args.runs, args.preset, args.members))) != 1:
+        raise DigitlabError("give one of: RUN folders, --preset or --members",
+                            "e.g. digitlab ensemble RUN_A RUN_B --out OUT, --preset recognize-best --out OUT, "
+                            "or --members recognize-robust:0 recognize-robust-deep:0 --out OUT")
+    if args.seeds and not args.preset:
+        raise DigitlabError("--seeds goes with --preset", "drop --seeds, or give each member's seed in --members")
+    if args.set and args.runs:
+        raise DigitlabError("--set changes how members are trained, so it needs --preset or --members",
+                            "drop --set, or train the members with --preset or --members")
     members = args.runs
-    if args.preset:
+    if not members:
         settings = config.parse_set(args.set)
         if args.data_dir:
             settings["data_dir"] = args.data_dir
-        members = ensemble.train_members(args.preset, args.seeds, args.out, args.quiet, **settings)
+        specs = [(args.preset, s) for s in args.seeds or [0, 1, 2]] if args.preset else _members(args.members)
+        members = ensemble.train_members(specs, args.out, args.quiet, **settings)
     out = ensemble.combine(members, args.out, args.data_dir)
     m = runfolder.read_metrics(out)
     print(f"{out}: {len(members)} members, val acc {100 * m['val_acc']:.2f}%, test acc {100 * m['test_acc']:.2f}%")
     return 0
+
+
+def _members(specs: list[str]) -> list[tuple[str, int]]:
+    """["recognize-robust:0", ...] -> [("recognize-robust", 0), ...]"""
+    pairs = []
+    for spec in specs:
+        preset, _, seed = spec.rpartition(":")
+        if not preset or not seed.lstrip("-").isdigit():
+            raise DigitlabError(f"--members takes PRESET:SEED, got {spec!r}",
+                                "e.g. --members recognize-robust:0 recognize-robust:1 recognize-robust-deep:0")
+        pairs.append((preset, int(seed)))
+    return pairs
