@@ -116,3 +116,20 @@ def test_a_stale_onnx_in_a_run_is_not_used(tmp_path):
     out = subprocess.run([sys.executable, "-m", "digitlab", "predict", str(run), str(_one(tmp_path)), "--json"],
                          capture_output=True, text=True, timeout=120)
     assert out.returncode == 0 and json.loads(out.stdout)["digit"] == 1, out.stderr
+
+
+def test_the_card_names_each_members_preset_and_seed():
+    cfg = {"epochs": 12, "batch_size": 128, "optimizer": "adamw", "lr": 0.003, "schedule": "onecycle", "seed": 0}
+    mixed = build._recipe({"config": cfg, "member_seeds": [0, 1, 2, 0],
+                           "preset": ["recognize-robust"] * 3 + ["recognize-robust-deep"]})
+    assert "members `recognize-robust` seeds 0, 1, 2 + `recognize-robust-deep` seed 0" in mixed
+    one = build._recipe({"config": cfg, "member_seeds": [0, 1, 2], "preset": "recognize-robust"})
+    assert one.startswith("preset `recognize-robust`") and "seeds 0, 1, 2: one run per seed" in one
+    assert "seed 0)" in build._recipe({"config": cfg, "preset": "denoise-fast"})
+
+
+def test_packing_with_the_wrong_number_of_member_presets_is_refused_before_copying(capsys):
+    before = build.sha256(pretrained.path("recognize") / "model.safetensors")
+    assert build.main([str(pretrained.path("recognize")), "--preset", "recognize-robust", "recognize-robust-deep"]) == 2
+    assert "2 presets for 4 ensemble members" in capsys.readouterr().err
+    assert build.sha256(pretrained.path("recognize") / "model.safetensors") == before

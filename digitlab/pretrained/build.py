@@ -16,6 +16,7 @@ from pathlib import Path
 import torch
 
 from digitlab import io, runfolder
+from digitlab.errors import DigitlabError
 from digitlab.pretrained import ROOT
 
 SLICE = 1000  # the first SLICE MNIST test images
@@ -78,11 +79,16 @@ def _compare(model, meta, images, labels) -> dict:
     return {"images": len(labels), "pairs": len(same), **pair_metrics(probs, same)}
 
 
-def pack(run: Path, preset: str, data_dir=None) -> Path:
-    """Copy RUN's model into digitlab/pretrained/<task>/ with its card; record it under benchmarks/."""
+def pack(run: Path, preset: str | list[str], data_dir=None) -> Path:
+    """Copy RUN's model into digitlab/pretrained/<task>/ with its card; record it under benchmarks/.
+    `preset`: the run's preset, or an ensemble's member presets in order (one for all, or one each)."""
     from digitlab.bench.common import save_record
 
     meta = runfolder.read_model_meta(run)
+    presets, seeds = [preset] if isinstance(preset, str) else list(preset), meta.get("member_seeds")
+    if len(presets) > 1 and len(presets) != len(seeds or ()):  # checked before anything is copied
+        raise DigitlabError(f"{len(presets)} presets for {len(seeds or ())} ensemble members",
+                            "give one --preset for all members, or one per member in their order")
     task, dest = meta["task"], ROOT / meta["task"]
     dest.mkdir(parents=True, exist_ok=True)
     for name in FILES:
@@ -90,8 +96,9 @@ def pack(run: Path, preset: str, data_dir=None) -> Path:
     metrics = {k: v for k, v in runfolder.read_metrics(run).items() if k in KEEP_METRICS}
     io.write_json(dest / "metrics.json", metrics)
     config = runfolder.read_json_file(run / "config.json", "config")
-    record = {"task": task, "preset": preset, "source_run": run.name, "model": meta["model"], "params": meta.get("params"),
-              **({"member_seeds": meta["member_seeds"]} if "member_seeds" in meta else {}),
+    record = {"task": task, "preset": presets[0] if len(presets) == 1 else presets, "source_run": run.name,
+              "model": meta["model"], "params": meta.get("params"),
+              **({"member_seeds": seeds} if seeds else {}),
               "sha256": sha256(dest / "model.safetensors"), "bytes": (dest / "model.safetensors").stat().st_size,
               **_export_onnx(dest, task),
               "slice": {"split": "test", "first": SLICE, **measure(dest, data_dir)},
@@ -122,8 +129,7 @@ def model_card(record: dict) -> str:
 {CARD_TEXT[record['task']]['what']}
 
 - **Data**: {CARD_TEXT[record['task']]['data']}
-- **Recipe**: preset `{record['preset']}` ({cfg['epochs']} epochs, batch {cfg['batch_size']}, {cfg['optimizer']}
-  lr {cfg['lr']}, schedule {cfg['schedule']}, {_seeds(record)}); the full resolved settings are in `config.json`.
+- **Recipe**: {_recipe(record)}; the full resolved settings are in `config.json`.
 - **Rebuilt by**: `bash scripts/build_pretrained.sh` (trains every shipped model, then packs it with
   `python -m digitlab.pretrained.build RUN`); figures recorded in `benchmarks/pretrained-{record['task']}.json`.
 - **Weights**: `model.safetensors`, {record['params']:,} parameters, {record['bytes']:,} bytes,
@@ -147,12 +153,21 @@ def model_card(record: dict) -> str:
 """
 
 
-def _seeds(record: dict) -> str:
-    seeds = record.get("member_seeds")
+def _recipe(record: dict) -> str:
+    cfg, seeds = record["config"], record.get("member_seeds")
+    training = (f"{cfg['epochs']} epochs, batch {cfg['batch_size']}, {cfg['optimizer']}\n  lr {cfg['lr']}, "
+                f"schedule {cfg['schedule']}")
     if not seeds:
-        return f"seed {record['config']['seed']}"
-    return (f"seeds {', '.join(map(str, seeds))}: one run per seed, their probabilities averaged by "
-            f"`digitlab ensemble`")
+        return f"preset `{record['preset']}` ({training}, seed {cfg['seed']})"
+    averaged = "one run per seed, their probabilities averaged by `digitlab ensemble`"
+    if isinstance(record["preset"], str):
+        return f"preset `{record['preset']}` ({training}, seeds {', '.join(map(str, seeds))}: {averaged})"
+    groups: dict[str, list[int]] = {}
+    for preset, seed in zip(record["preset"], seeds):
+        groups.setdefault(preset, []).append(seed)
+    members = " + ".join(f"`{p}` seed{'s' * (len(s) > 1)} {', '.join(map(str, s))}" for p, s in groups.items())
+    return (f"members {members} ({training}: each member's settings are its preset's), one run per member, "
+            f"their probabilities averaged by `digitlab ensemble`")
 
 
 def _onnx_line(record: dict) -> str:
@@ -202,10 +217,16 @@ def main(argv: list[str] | None = None) -> int:
 
     p = argparse.ArgumentParser(prog="python -m digitlab.pretrained.build", description=__doc__.split("\n\n")[0])
     p.add_argument("run", type=Path, help="a finished run folder")
-    p.add_argument("--preset", required=True, help="the preset the run was trained with (for the model card)")
+    p.add_argument("--preset", required=True, nargs="+",
+                   help="the preset the run was trained with, or an ensemble's member presets in order (for the card)")
     p.add_argument("--data-dir", help="folder with the MNIST IDX files (else the usual search)")
     args = p.parse_args(argv)
-    print(f"packed {args.run} -> {pack(args.run, args.preset, args.data_dir)}")
+    preset = args.preset[0] if len(args.preset) == 1 else args.preset
+    try:
+        print(f"packed {args.run} -> {pack(args.run, preset, args.data_dir)}")
+    except DigitlabError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
     return 0
 
 
