@@ -31,15 +31,16 @@ def train_members(members: list[tuple[str, int]], out: str | Path, quiet: bool =
     from digitlab import config
     from digitlab.engine import loop
 
-    if len(set(members)) < 2:
-        raise DigitlabError(f"an ensemble needs at least two different members (preset and seed), got {members}",
-                            "e.g. --seeds 0 1 2, or --members recognize-robust:0 recognize-robust-deep:0")
     one_preset = len({preset for preset, _ in members}) == 1
+    names = [f"s{seed}" if one_preset else f"{Path(preset).stem}-s{seed}" for preset, seed in members]
+    if len(members) < 2 or len(set(names)) < len(names):
+        raise DigitlabError(f"an ensemble needs at least two members, each a different preset and seed, got {members}",
+                            "e.g. --seeds 0 1 2, or --members recognize-robust:0 recognize-robust-deep:0")
     cfgs = [config.resolve("recognize", preset, {"progress": not quiet, **settings, "seed": seed})
             for preset, seed in members]
     paths = []
-    for (preset, seed), cfg in zip(members, cfgs):  # every config is checked before the first member trains
-        path = Path(out) / "members" / (f"s{seed}" if one_preset else f"{Path(preset).stem}-s{seed}")
+    for name, cfg in zip(names, cfgs):  # every config is checked before the first member trains
+        path = Path(out) / "members" / name
         path.mkdir(parents=True, exist_ok=True)
         loop.train(cfg, run_dir=path, resume=(path / "config.json").is_file(), quiet=quiet)
         paths.append(path)

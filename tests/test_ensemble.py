@@ -111,8 +111,9 @@ def test_the_members_form_trains_members_of_different_recipes(tmp_path):
     ("preset and members", "give one of: RUN folders, --preset or --members"),
     ("set without preset", "--set changes how members are trained"),
     ("seeds with members", "--seeds goes with --preset"),
-    ("one seed", "at least two different members"),
-    ("same member twice", "at least two different members"),
+    ("one seed", "at least two members, each a different preset and seed"),
+    ("same member twice", "at least two members, each a different preset and seed"),
+    ("same seed twice", "at least two members, each a different preset and seed"),
     ("bad member", "--members takes PRESET:SEED, got 'recognize-smoke'"),
     ("bad seed", "--members takes PRESET:SEED, got 'recognize-smoke:x'"),
 ])
@@ -130,6 +131,7 @@ def test_bad_requests_are_one_clear_error(tmp_path, capsys, case, message):
         "seeds with members": ["--members", "recognize-smoke:0", "recognize-smoke:1", "--seeds", "0"],
         "one seed": ["--preset", "recognize-smoke", "--seeds", "3", "3"],
         "same member twice": ["--members", "recognize-smoke:3", "recognize-smoke:3"],
+        "same seed twice": ["--members", "recognize-smoke:0", "recognize-smoke:0", "recognize-smoke:1"],
         "bad member": ["--members", "recognize-smoke", "recognize-smoke:1"],
         "bad seed": ["--members", "recognize-smoke:x", "recognize-smoke:1"],
     }[case]

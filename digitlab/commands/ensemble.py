@@ -26,7 +26,7 @@ def register(sub) -> None:
                    "overrides for every member")
     p.add_argument("--data-dir", help="folder with the MNIST IDX files")
     p.add_argument("--out", type=Path, required=True, help="folder to create for the ensemble")
-    p.add_argument("--quiet", action="store_true", help="with --preset: no per-epoch lines")
+    p.add_argument("--quiet", action="store_true", help="with --preset or --members: no per-epoch lines")
     p.set_defaults(func=run)
 
 
