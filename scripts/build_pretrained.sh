@@ -17,9 +17,8 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 digitlab data info --dataset fashion-mnist >/dev/null 2>&1 || digitlab data fetch --dataset fashion-mnist
 work=${WORK:-build/pretrained-runs}
-declare -A preset=([recognize]="recognize-robust recognize-robust recognize-robust recognize-robust-deep"
-                   [denoise]=denoise-fast [compare]=compare-small)
 members=(recognize-robust:0 recognize-robust:1 recognize-robust:2 recognize-robust-deep:0)  # the recogniser's, in that order
+declare -A preset=([recognize]="${members[*]%:*}" [denoise]=denoise-fast [compare]=compare-small)  # members' presets, seeds cut off
 tasks=("$@")
 [ ${#tasks[@]} -gt 0 ] || tasks=(recognize denoise compare)
 for task in "${tasks[@]}"; do

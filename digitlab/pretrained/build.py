@@ -221,9 +221,8 @@ def main(argv: list[str] | None = None) -> int:
                    help="the preset the run was trained with, or an ensemble's member presets in order (for the card)")
     p.add_argument("--data-dir", help="folder with the MNIST IDX files (else the usual search)")
     args = p.parse_args(argv)
-    preset = args.preset[0] if len(args.preset) == 1 else args.preset
     try:
-        print(f"packed {args.run} -> {pack(args.run, preset, args.data_dir)}")
+        print(f"packed {args.run} -> {pack(args.run, args.preset, args.data_dir)}")
     except DigitlabError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
