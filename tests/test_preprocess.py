@@ -8,6 +8,7 @@ import numpy as np
 import pytest
 import torch
 from PIL import Image, ImageDraw, features
+from scipy import ndimage
 
 from digitlab.data.preprocess import from_array, load_image, prepare, to_mnist
 from digitlab.errors import DigitlabError
@@ -298,6 +299,22 @@ def test_uneven_lighting_is_not_taken_for_ink(reference):
     got = to_mnist(page * (1 - shadow))
     assert ink_box(got) == ink_box(reference)
     assert np.allclose(centre_of_mass(got), centre_of_mass(reference), atol=1.0)
+
+
+def test_blotchy_haze_leaves_no_faint_strokes():
+    # fog (docs/shift.md): a gradient plus blotches narrower than the background window. Before the
+    # residue was cleared, faint blotches stayed beside the 7 and moved its box (fog's errors).
+    im = Image.new("L", (28, 28), 0)
+    ImageDraw.Draw(im).line([(8, 5), (20, 5), (13, 23)], fill=255, width=3)
+    clean = np.asarray(im, dtype=np.float32) / 255
+    ys, xs = np.indices(clean.shape)
+    blotches = sum(0.15 * np.exp(-((ys - r) ** 2 + (xs - c) ** 2) / (2 * 2.5 ** 2))
+                   for r, c in [(4, 4), (15, 22), (24, 9)])
+    got = to_mnist(np.clip(clean + 0.25 * xs / 27 + blotches, 0, 1)).numpy()
+    want = to_mnist(clean).numpy()
+    away = ~ndimage.binary_dilation(want > 0, iterations=2)
+    assert float(got[away].max()) == 0.0
+    assert ink_box(torch.from_numpy(got)) == ink_box(torch.from_numpy(want))
 
 
 def test_a_thick_digit_on_a_clean_background_is_not_thinned():
