@@ -317,6 +317,46 @@ def test_blotchy_haze_leaves_no_faint_strokes():
     assert ink_box(torch.from_numpy(got)) == ink_box(torch.from_numpy(want))
 
 
+def _seven(frame=None, underline=None, detached_bar=False):
+    im = Image.new("L", (200, 200), 255)
+    draw = ImageDraw.Draw(im)
+    draw.line([(70, 60 if detached_bar else 50), (95, 150)] if detached_bar else [(70, 50), (130, 50), (95, 150)],
+              fill=0, width=9)
+    if detached_bar:
+        draw.line([(60, 45), (130, 45)], fill=0, width=9)
+    if frame is not None:
+        draw.rectangle(frame, outline=0, width=4)
+    if underline is not None:
+        draw.line(underline, fill=0, width=4)
+    return to_mnist(np.asarray(im, dtype=np.float32) / 255)
+
+
+@pytest.mark.parametrize("extra", [{"frame": (20, 20, 180, 180)}, {"frame": (40, 30, 160, 175)},
+                                   {"underline": [(30, 172), (170, 172)]}, {"underline": [(60, 165), (140, 165)]}])
+def test_a_forms_box_or_an_underline_apart_from_the_digit_is_dropped(extra):
+    # a digit written in a form's cell, or above a line: before, the crop kept the box or the line and
+    # the 7 came out small in a corner of the 28x28 field (read as "not a digit")
+    plain = _seven()
+    got = _seven(**extra)
+    assert ink_box(got) == ink_box(plain)
+    assert float((got - plain).abs().max()) < 0.05
+
+
+@pytest.mark.parametrize("extra", [{"frame": (70, 50, 130, 150)},                  # the box touches the 7
+                                   {"underline": [(60, 150), (140, 150)]}])         # the line touches the 7
+def test_a_box_or_line_touching_the_digit_is_kept(extra):
+    assert float(_seven(**extra).sum()) > 1.2 * float(_seven().sum())  # the line's ink is still there
+
+
+def test_a_drawing_that_is_only_a_box_or_a_detached_bar_is_not_taken_for_a_frame():
+    square = Image.new("L", (100, 100), 0)
+    ImageDraw.Draw(square).rectangle((20, 20, 80, 80), outline=255, width=4)  # a square 0
+    assert ink_box(to_mnist(np.asarray(square, dtype=np.float32) / 255)) == (20, 20)
+    # a 7 whose bar is a separate stroke above a gap: a line above the digit is never dropped
+    seven = _seven(detached_bar=True)
+    assert ink_box(seven)[1] >= 12  # as wide as the bar (the stem alone is ~6 px wide)
+
+
 def test_a_thick_digit_on_a_clean_background_is_not_thinned():
     im = Image.new("L", (28, 28), 0)
     ImageDraw.Draw(im).line([(8, 4), (20, 4), (13, 24)], fill=255, width=6)  # a marker 7: strokes 6 px of 28

@@ -20,8 +20,8 @@ from digitlab.errors import DigitlabError
 if TYPE_CHECKING:
     import torch
 
-VERSION = 3  # bump when the output changes (suites prepared by it are cached, keyed on it); 2: haze removal,
-# 3: haze residue cleared
+VERSION = 4  # bump when the output changes (suites prepared by it are cached, keyed on it); 2: haze removal,
+# 3: haze residue cleared, 4: a form's box and an underline dropped
 SIZE = 28  # MNIST field
 BOX = 20  # the digit's longer side after size normalisation
 # Target centre of mass (row, col) in pixel-index coordinates. Measured on the MNIST test set:
@@ -32,6 +32,7 @@ MIN_CONTRAST = 0.1  # ink must differ from the background by 10% of full range, 
 INK_THRESHOLD = 0.2  # fraction of the (stretched) max that is certainly ink, not noise or JPEG ringing
 HAZE_SIDE = 64  # the background estimate is computed at most this size: haze is smooth
 HAZE_MIN = 0.05  # border pixels this much above the border median (after stretching): an uneven background
+RULE_COVER = 0.8  # a side of a box, or an underline, has ink along this much of its length
 HAZE_RESIDUE = 0.2  # on an uneven background, levels below this fraction of the ink are haze the opening missed
 FORMATS_HINT = "use a PNG, JPEG, BMP, WebP or GIF image"
 
@@ -82,7 +83,8 @@ def to_mnist(gray: np.ndarray) -> "torch.Tensor":
 def to_mnist_array(gray: np.ndarray) -> np.ndarray:
     """Grayscale (H, W) -> float32 (28, 28) in [0, 1], white ink on black, prepared like MNIST.
 
-    Steps: make the ink white on black and stretch it to [0, 1]; crop to the ink's bounding box;
+    Steps: make the ink white on black and stretch it to [0, 1]; subtract uneven lighting; drop a
+    form's box or an underline set apart from the digit; crop to the ink's bounding box;
     fit the box into 20x20 keeping the aspect ratio (area averaging when shrinking, as MNIST's
     anti-aliased grey levels are ink coverage); paste into 28x28 with the centre of mass on (14, 14).
     The shift is whole pixels, as in MNIST (see CENTRE): no second resampling blurs the strokes and
@@ -94,7 +96,7 @@ def to_mnist_array(gray: np.ndarray) -> np.ndarray:
                             "pass a single-channel (H, W) array, e.g. from load_image")
     if not np.isfinite(g).all():
         raise DigitlabError("the image contains NaN or infinite values", "pass finite pixel values")
-    patch = _fit_box(_crop_to_ink(_remove_haze(_white_ink(g))))
+    patch = _fit_box(_crop_to_ink(_drop_box_and_underline(_remove_haze(_white_ink(g)))))
     return _paste_centred(patch)
 
 
@@ -272,6 +274,71 @@ def _rank_filter(a: np.ndarray, k: int, reduce) -> np.ndarray:
         padded = np.pad(a, [(r, r) if ax == axis else (0, 0) for ax in (0, 1)], mode="edge")
         a = reduce(np.lib.stride_tricks.sliding_window_view(padded, k, axis=axis), axis=-1)
     return a
+
+
+def _drop_box_and_underline(g: np.ndarray) -> np.ndarray:
+    """Drop the box of a form's cell around the digit, or a line under it, when a gap of background
+    separates it from the digit: otherwise the crop keeps the box (or line) and the digit ends up
+    small inside it (docs/shift.md, "Boxes and underlines"). A line that touches the digit stays,
+    and a line above it is never dropped: it may be a 7's or a 5's bar.
+    """
+    ink = g > INK_THRESHOLD
+    rows, cols = np.flatnonzero(ink.any(1)), np.flatnonzero(ink.any(0))
+    if rows.size < 3 or cols.size < 3:
+        return g
+    r0, r1, c0, c1 = rows[0], rows[-1] + 1, cols[0], cols[-1] + 1
+    box = ink[r0:r1, c0:c1]
+    inner = _inside_box(box)
+    if inner is not None:
+        t, b, l, r = inner
+        out = np.zeros_like(g)
+        out[r0 + t:r0 + b, c0 + l:c0 + r] = g[r0 + t:r0 + b, c0 + l:c0 + r]
+        return out
+    line = _underline(box)
+    if line is not None:
+        out = g.copy()
+        out[r0 + line:] = 0
+        return out
+    return g
+
+
+def _inside_box(box: np.ndarray) -> tuple[int, int, int, int] | None:
+    """(top, bottom, left, right) of the inside of a thin frame drawn along the ink's bounding box
+    `box` (bool), if the ink inside keeps a gap from it; else None."""
+    h, w = box.shape
+    sides = [_leading_full(box.sum(1), w), _leading_full(box.sum(1)[::-1], w),
+             _leading_full(box.sum(0), h), _leading_full(box.sum(0)[::-1], h)]
+    if min(sides) == 0 or max(sides) > min(h, w) / 8:  # not a frame on all four sides, or a thick one: a digit
+        return None
+    t, b, l, r = sides[0], h - sides[1], sides[2], w - sides[3]
+    inside = box[t:b, l:r]
+    if inside.sum() < 0.02 * inside.size:  # nothing (or a speck) inside: the frame is the drawing (a square 0)
+        return None
+    touches = inside[0].any() or inside[-1].any() or inside[:, 0].any() or inside[:, -1].any()
+    return None if touches else (t, b, l, r)
+
+
+def _underline(box: np.ndarray) -> int | None:
+    """First row of a straight line at the bottom of `box` (bool), below a gap, at least as wide as
+    the ink above it and at most a sixth of its height; else None."""
+    filled = box.any(1)
+    empty = np.flatnonzero(~filled)
+    if empty.size == 0:
+        return None
+    line_top = empty[-1] + 1  # the bottom band of rows holding ink
+    body = box[:np.flatnonzero(filled[:line_top])[-1] + 1]
+    band = box[line_top:]
+    body_cols, band_cols = np.flatnonzero(body.any(0)), np.flatnonzero(band.any(0))
+    straight = band.any(0).sum() >= RULE_COVER * (band_cols[-1] - band_cols[0] + 1)  # solid, not dotted
+    wide = band_cols[-1] - band_cols[0] >= body_cols[-1] - body_cols[0]
+    thin = len(band) <= max(2, len(body) / 6)
+    return int(line_top) if straight and wide and thin else None
+
+
+def _leading_full(profile: np.ndarray, span: int) -> int:
+    """How many leading entries of `profile` (ink per line) cover at least RULE_COVER of `span`."""
+    full = profile >= RULE_COVER * span
+    return int(full.argmin()) if not full.all() else len(full)
 
 
 def _crop_to_ink(g: np.ndarray) -> np.ndarray:
