@@ -357,6 +357,15 @@ def test_a_drawing_that_is_only_a_box_or_a_detached_bar_is_not_taken_for_a_frame
     assert ink_box(seven)[1] >= 12  # as wide as the bar (the stem alone is ~6 px wide)
 
 
+def test_a_thin_one_in_a_large_box_is_read_without_the_box():
+    im = Image.new("L", (300, 300), 255)
+    draw = ImageDraw.Draw(im)
+    draw.line([(150, 90), (150, 210)], fill=0, width=3)  # a fine-pen 1: 0.4% of the box's inside
+    draw.rectangle((10, 10, 290, 290), outline=0, width=3)
+    height, width = ink_box(to_mnist(np.asarray(im, dtype=np.float32) / 255))
+    assert height == 20 and width <= 4  # the 1 alone, not a 20x20 box
+
+
 def test_a_thick_digit_on_a_clean_background_is_not_thinned():
     im = Image.new("L", (28, 28), 0)
     ImageDraw.Draw(im).line([(8, 4), (20, 4), (13, 24)], fill=255, width=6)  # a marker 7: strokes 6 px of 28

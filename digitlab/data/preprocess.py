@@ -312,7 +312,7 @@ def _inside_box(box: np.ndarray) -> tuple[int, int, int, int] | None:
         return None
     t, b, l, r = sides[0], h - sides[1], sides[2], w - sides[3]
     inside = box[t:b, l:r]
-    if inside.sum() < 0.02 * inside.size:  # nothing (or a speck) inside: the frame is the drawing (a square 0)
+    if inside.any(1).sum() < max(2, len(inside) / 8):  # nothing (or a speck) inside: the frame is the drawing (a square 0)
         return None
     touches = inside[0].any() or inside[-1].any() or inside[:, 0].any() or inside[:, -1].any()
     return None if touches else (t, b, l, r)
@@ -329,10 +329,10 @@ def _underline(box: np.ndarray) -> int | None:
     body = box[:np.flatnonzero(filled[:line_top])[-1] + 1]
     band = box[line_top:]
     body_cols, band_cols = np.flatnonzero(body.any(0)), np.flatnonzero(band.any(0))
-    straight = band.any(0).sum() >= RULE_COVER * (band_cols[-1] - band_cols[0] + 1)  # solid, not dotted
+    solid = band.any(0).sum() >= RULE_COVER * (band_cols[-1] - band_cols[0] + 1)  # not a dotted line or specks
     wide = band_cols[-1] - band_cols[0] >= body_cols[-1] - body_cols[0]
     thin = len(band) <= max(2, len(body) / 6)
-    return int(line_top) if straight and wide and thin else None
+    return int(line_top) if solid and wide and thin else None
 
 
 def _leading_full(profile: np.ndarray, span: int) -> int:
