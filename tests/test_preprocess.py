@@ -10,7 +10,7 @@ import torch
 from PIL import Image, ImageDraw, features
 from scipy import ndimage
 
-from digitlab.data.preprocess import from_array, load_image, prepare, to_mnist
+from digitlab.data.preprocess import _drop_ruled_lines, from_array, load_image, prepare, to_mnist
 from digitlab.errors import DigitlabError
 
 SEVEN = [(40, 60), (160, 60), (90, 250)]  # a "7" on a 200x300 canvas
@@ -364,6 +364,42 @@ def test_a_thin_one_in_a_large_box_is_read_without_the_box():
     draw.rectangle((10, 10, 290, 290), outline=0, width=3)
     height, width = ink_box(to_mnist(np.asarray(im, dtype=np.float32) / 255))
     assert height == 20 and width <= 4  # the 1 alone, not a 20x20 box
+
+
+def _on_ruled_paper(rows):
+    im = Image.new("L", (300, 220), 250)
+    draw = ImageDraw.Draw(im)
+    for y in rows:
+        draw.line([(0, y), (300, y)], fill=120, width=3)  # a notebook's pale ruled lines
+    draw.line([(120, 50), (180, 50), (145, 150)], fill=10, width=9)
+    return to_mnist(np.asarray(im, dtype=np.float32) / 255)
+
+
+@pytest.mark.parametrize("rows", [[152], [110], [40, 160], [20, 152, 200]])  # touching, crossing, apart
+def test_a_notebooks_ruled_lines_are_dropped(rows):
+    # a photo of a 7 on lined paper: before, the crop kept the lines (edge to edge) and the 7 came out
+    # as a few pixels between long bars ("not a digit")
+    assert ink_box(_on_ruled_paper(rows)) == ink_box(_on_ruled_paper([]))
+
+
+def _tight(draw_fn, size):
+    im = Image.new("L", size, 0)
+    draw_fn(ImageDraw.Draw(im))
+    a = np.asarray(im, dtype=np.float32) / 255
+    rows, cols = np.nonzero(a)
+    return to_mnist(np.pad(a[rows.min():rows.max() + 1, cols.min():cols.max() + 1], 1))  # a 1-px margin
+
+
+def test_full_rows_of_a_tightly_cropped_digit_are_not_ruled_lines():
+    one = np.zeros((22, 8), dtype=np.float32)  # a narrow 1 (MNIST's own, cropped): two rows full, the rest inset
+    one[1:21, 2:6], one[8:10, 1:8] = 1, 1
+    assert np.array_equal(_drop_ruled_lines(one), one)
+    # a 7 whose bar reaches far past its stem on both sides (and is 3x wider than the 7 is tall)
+    tee = _tight(lambda d: (d.line([(5, 5), (95, 5)], fill=255, width=2),
+                            d.line([(55, 5), (50, 35)], fill=255, width=2)), (100, 40))
+    assert ink_box(tee)[1] == 20  # the bar is kept: it is the top of the ink and touches the stem
+    zed = _tight(lambda d: (d.line([(5, 5), (45, 5), (5, 45), (45, 45)], fill=255, width=4)), (50, 50))
+    assert float(zed.numpy()[20:24].sum()) > 20  # a 2's base, cropped tight, is kept
 
 
 def test_a_thick_digit_on_a_clean_background_is_not_thinned():

@@ -20,8 +20,8 @@ from digitlab.errors import DigitlabError
 if TYPE_CHECKING:
     import torch
 
-VERSION = 4  # bump when the output changes (suites prepared by it are cached, keyed on it); 2: haze removal,
-# 3: haze residue cleared, 4: a form's box and an underline dropped
+VERSION = 5  # bump when the output changes (suites prepared by it are cached, keyed on it); 2: haze removal,
+# 3: haze residue cleared, 4: a form's box and an underline dropped, 5: ruled lines dropped
 SIZE = 28  # MNIST field
 BOX = 20  # the digit's longer side after size normalisation
 # Target centre of mass (row, col) in pixel-index coordinates. Measured on the MNIST test set:
@@ -32,7 +32,8 @@ MIN_CONTRAST = 0.1  # ink must differ from the background by 10% of full range, 
 INK_THRESHOLD = 0.2  # fraction of the (stretched) max that is certainly ink, not noise or JPEG ringing
 HAZE_SIDE = 64  # the background estimate is computed at most this size: haze is smooth
 HAZE_MIN = 0.05  # border pixels this much above the border median (after stretching): an uneven background
-RULE_COVER = 0.8  # a side of a box, or an underline, has ink along this much of its length
+RULE_COVER = 0.8  # a side of a box, an underline or a ruled line has ink along this much of its length
+RULE_MARGIN = 0.15  # a ruled line reaches past the rest of the ink by this much of the width on each side
 HAZE_RESIDUE = 0.2  # on an uneven background, levels below this fraction of the ink are haze the opening missed
 FORMATS_HINT = "use a PNG, JPEG, BMP, WebP or GIF image"
 
@@ -84,7 +85,8 @@ def to_mnist_array(gray: np.ndarray) -> np.ndarray:
     """Grayscale (H, W) -> float32 (28, 28) in [0, 1], white ink on black, prepared like MNIST.
 
     Steps: make the ink white on black and stretch it to [0, 1]; subtract uneven lighting; drop a
-    form's box or an underline set apart from the digit; crop to the ink's bounding box;
+    notebook's ruled lines, and a form's box or an underline set apart from the digit; crop to the
+    ink's bounding box;
     fit the box into 20x20 keeping the aspect ratio (area averaging when shrinking, as MNIST's
     anti-aliased grey levels are ink coverage); paste into 28x28 with the centre of mass on (14, 14).
     The shift is whole pixels, as in MNIST (see CENTRE): no second resampling blurs the strokes and
@@ -96,8 +98,8 @@ def to_mnist_array(gray: np.ndarray) -> np.ndarray:
                             "pass a single-channel (H, W) array, e.g. from load_image")
     if not np.isfinite(g).all():
         raise DigitlabError("the image contains NaN or infinite values", "pass finite pixel values")
-    patch = _fit_box(_crop_to_ink(_drop_box_and_underline(_remove_haze(_white_ink(g)))))
-    return _paste_centred(patch)
+    g = _drop_box_and_underline(_drop_ruled_lines(_remove_haze(_white_ink(g))))
+    return _paste_centred(_fit_box(_crop_to_ink(g)))
 
 
 def prepare(source: str | Path | bytes) -> "torch.Tensor":
@@ -300,6 +302,38 @@ def _drop_box_and_underline(g: np.ndarray) -> np.ndarray:
         out[r0 + line:] = 0
         return out
     return g
+
+
+def _drop_ruled_lines(g: np.ndarray) -> np.ndarray:
+    """Clear a notebook's ruled lines: thin bands of rows inked across RULE_COVER of the image's width,
+    with the rest of the ink well inside them on both sides (a photo of a digit on lined paper), even
+    where the digit touches or crosses them (docs/shift.md, "Boxes and underlines").
+
+    Kept: a band that is the top of the ink and touches what is below (a 7's bar reaching past its stem
+    on both sides), any thick band, and rows no longer than 1.5 times the rest is tall (a narrow 1
+    cropped tight has full rows). A 2's base or a 7's bar cropped tight reaches past the rest on one
+    side only, so it stays too.
+    """
+    ink = g > INK_THRESHOLD
+    h, w = ink.shape
+    ruled = ink.sum(1) >= RULE_COVER * w
+    rest = np.flatnonzero(ink[~ruled].any(0))
+    if not ruled.any() or rest.size == 0 or rest[0] < RULE_MARGIN * w or rest[-1] >= (1 - RULE_MARGIN) * w:
+        return g  # no ruled rows, nothing else, or the rest reaches the sides: the lines are part of the drawing
+    if w < 1.5 * (ink.any(1) & ~ruled).sum():
+        return g  # rows no longer than the rest is tall: the full rows of a narrow digit (a 1), not lines
+    out, inked = g.copy(), np.flatnonzero(ink.any(1))
+    for top, bottom in _runs(ruled):
+        bar = top == inked[0] and bottom < h and ink[bottom].any()  # the topmost ink, touching what is below
+        if bottom - top <= max(2, w // 20) and not bar:
+            out[top:bottom] = 0
+    return out
+
+
+def _runs(mask: np.ndarray) -> list[tuple[int, int]]:
+    """(start, stop) of each run of True in a 1-D bool array."""
+    edges = np.flatnonzero(np.diff(np.concatenate([[0], mask.astype(np.int8), [0]])))
+    return list(zip(edges[::2].tolist(), edges[1::2].tolist()))
 
 
 def _inside_box(box: np.ndarray) -> tuple[int, int, int, int] | None:
