@@ -20,8 +20,8 @@ from digitlab.errors import DigitlabError
 if TYPE_CHECKING:
     import torch
 
-VERSION = 5  # bump when the output changes (suites prepared by it are cached, keyed on it); 2: haze removal,
-# 3: haze residue cleared, 4: a form's box and an underline dropped, 5: ruled lines dropped
+VERSION = 6  # bump when the output changes (suites prepared by it are cached, keyed on it); 2: haze removal,
+# 3: haze residue cleared, 4: a form's box and an underline dropped, 5-6: ruled lines dropped
 SIZE = 28  # MNIST field
 BOX = 20  # the digit's longer side after size normalisation
 # Target centre of mass (row, col) in pixel-index coordinates. Measured on the MNIST test set:
@@ -310,7 +310,7 @@ def _drop_ruled_lines(g: np.ndarray) -> np.ndarray:
     where the digit touches or crosses them (docs/shift.md, "Boxes and underlines").
 
     Kept: a band that is the top of the ink and touches what is below (a 7's bar reaching past its stem
-    on both sides), any thick band, and rows no longer than 1.5 times the rest is tall (a narrow 1
+    on both sides), any thick band, and rows less than twice as long as the rest is tall (a narrow 1
     cropped tight has full rows). A 2's base or a 7's bar cropped tight reaches past the rest on one
     side only, so it stays too.
     """
@@ -320,8 +320,8 @@ def _drop_ruled_lines(g: np.ndarray) -> np.ndarray:
     rest = np.flatnonzero(ink[~ruled].any(0))
     if not ruled.any() or rest.size == 0 or rest[0] < RULE_MARGIN * w or rest[-1] >= (1 - RULE_MARGIN) * w:
         return g  # no ruled rows, nothing else, or the rest reaches the sides: the lines are part of the drawing
-    if w < 1.5 * (ink.any(1) & ~ruled).sum():
-        return g  # rows no longer than the rest is tall: the full rows of a narrow digit (a 1), not lines
+    if w < 2 * (ink.any(1) & ~ruled).sum():
+        return g  # rows under twice as long as the rest is tall: a digit's own (a narrow 1, a 2's base)
     out, inked = g.copy(), np.flatnonzero(ink.any(1))
     for top, bottom in _runs(ruled):
         bar = top == inked[0] and bottom < h and ink[bottom].any()  # the topmost ink, touching what is below
@@ -346,8 +346,8 @@ def _inside_box(box: np.ndarray) -> tuple[int, int, int, int] | None:
         return None
     t, b, l, r = sides[0], h - sides[1], sides[2], w - sides[3]
     inside = box[t:b, l:r]
-    if inside.any(1).sum() < max(2, len(inside) / 8):  # nothing (or a speck) inside: the frame is the drawing (a square 0)
-        return None
+    if inside.any(1).sum() < max(2, len(inside) / 8):  # nothing (or a speck) inside: the frame is the drawing
+        return None  # (a square 0)
     touches = inside[0].any() or inside[-1].any() or inside[:, 0].any() or inside[:, -1].any()
     return None if touches else (t, b, l, r)
 
