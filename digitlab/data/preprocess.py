@@ -20,8 +20,9 @@ from digitlab.errors import DigitlabError
 if TYPE_CHECKING:
     import torch
 
-VERSION = 6  # bump when the output changes (suites prepared by it are cached, keyed on it); 2: haze removal,
-# 3: haze residue cleared, 4: a form's box and an underline dropped, 5-6: ruled lines dropped
+VERSION = 7  # bump when the output changes (suites prepared by it are cached, keyed on it); 2: haze removal,
+# 3: haze residue cleared, 4: a form's box and an underline dropped, 5-6: ruled lines dropped,
+# 7: a digit cropped tight (ink near all four sides) gets no haze removal and no border-noise floor
 SIZE = 28  # MNIST field
 BOX = 20  # the digit's longer side after size normalisation
 # Target centre of mass (row, col) in pixel-index coordinates. Measured on the MNIST test set:
@@ -248,6 +249,8 @@ def _remove_haze(g: np.ndarray) -> np.ndarray:
     enlarged back. What is left below HAZE_RESIDUE of the ink is cleared. Ink on a clean background,
     MNIST's own included, never gets here and comes back unchanged.
     """
+    if _cropped_tight(g):  # the border is the digit's own ink, not paper: it tells nothing of the background
+        return g
     border = np.concatenate([g[0], g[-1], g[:, 0], g[:, -1]])
     if np.quantile(border, 0.9) < HAZE_MIN:  # an even background: nothing to remove, and thick strokes stay whole
         return g
@@ -267,6 +270,13 @@ def _remove_haze(g: np.ndarray) -> np.ndarray:
     # zero) is left behind as faint blotches, which a model reads as strokes; the ink is far above them
     # (docs/shift.md, "Haze residue").
     return np.clip((out / peak - HAZE_RESIDUE) / (1 - HAZE_RESIDUE), 0, 1)
+
+
+def _cropped_tight(g: np.ndarray) -> bool:
+    """Whether clear ink comes within 2 px of all four sides: an image cropped to the digit."""
+    rows, cols = np.flatnonzero((g >= 0.5).any(1)), np.flatnonzero((g >= 0.5).any(0))
+    h, w = g.shape
+    return rows.size > 0 and rows[0] <= 2 and rows[-1] >= h - 3 and cols[0] <= 2 and cols[-1] >= w - 3
 
 
 def _rank_filter(a: np.ndarray, k: int, reduce) -> np.ndarray:
@@ -384,7 +394,8 @@ def _crop_to_ink(g: np.ndarray) -> np.ndarray:
     its box, and one source pixel is negligible for a large photo.
     """
     border = np.concatenate([g[0], g[-1], g[:, 0], g[:, -1]])
-    floor = float(np.quantile(border, 0.9))  # background noise; robust to ink touching the border
+    # background noise; robust to some ink touching the border, but none is left when it is all ink
+    floor = 0.0 if _cropped_tight(g) else float(np.quantile(border, 0.9))
     core = g > max(floor, INK_THRESHOLD)
     if not core.any():
         raise DigitlabError("no digit found in image: it is blank",
