@@ -394,7 +394,7 @@ def _crop_to_ink(g: np.ndarray) -> np.ndarray:
     its box, and one source pixel is negligible for a large photo.
     """
     border = np.concatenate([g[0], g[-1], g[:, 0], g[:, -1]])
-    # background noise; robust to some ink touching the border, but none is left when it is all ink
+    # the background noise, robust to some ink on the border; a tight crop's border is ink: no noise estimate
     floor = 0.0 if _cropped_tight(g) else float(np.quantile(border, 0.9))
     core = g > max(floor, INK_THRESHOLD)
     if not core.any():
