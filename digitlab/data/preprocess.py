@@ -20,8 +20,8 @@ from digitlab.errors import DigitlabError
 if TYPE_CHECKING:
     import torch
 
-VERSION = 7  # bump when the output changes (suites prepared by it are cached, keyed on it); 2: haze removal,
-# 3: haze residue cleared, 4: a form's box and an underline dropped, 5-6: ruled lines dropped,
+VERSION = 8  # bump when the output changes (suites prepared by it are cached, keyed on it); 2: haze removal,
+# 3: haze residue cleared, 4: a form's box and an underline dropped, 5-6, 8: ruled lines dropped,
 # 7: a digit cropped tight (ink near all four sides) gets no haze removal and no border-noise floor
 SIZE = 28  # MNIST field
 BOX = 20  # the digit's longer side after size normalisation
@@ -320,9 +320,9 @@ def _drop_ruled_lines(g: np.ndarray) -> np.ndarray:
     where the digit touches or crosses them (docs/shift.md, "Boxes and underlines").
 
     Kept: a band that is the top of the ink and touches what is below (a 7's bar reaching past its stem
-    on both sides), any thick band, and rows less than twice as long as the rest is tall (a narrow 1
-    cropped tight has full rows). A 2's base or a 7's bar cropped tight reaches past the rest on one
-    side only, so it stays too.
+    on both sides), and rows less than twice as long as the rest is tall (a narrow 1 cropped tight has
+    full rows). A 2's base or a 7's bar cropped tight reaches past the rest on one side only, so it
+    stays too.
     """
     ink = g > INK_THRESHOLD
     h, w = ink.shape
@@ -335,7 +335,7 @@ def _drop_ruled_lines(g: np.ndarray) -> np.ndarray:
     out, inked = g.copy(), np.flatnonzero(ink.any(1))
     for top, bottom in _runs(ruled):
         bar = top == inked[0] and bottom < h and ink[bottom].any()  # the topmost ink, touching what is below
-        if bottom - top <= max(2, w // 20) and not bar:
+        if not bar:
             out[top:bottom] = 0
     return out
 
