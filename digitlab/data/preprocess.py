@@ -99,8 +99,10 @@ def to_mnist_array(gray: np.ndarray) -> np.ndarray:
                             "pass a single-channel (H, W) array, e.g. from load_image")
     if not np.isfinite(g).all():
         raise DigitlabError("the image contains NaN or infinite values", "pass finite pixel values")
-    g = _drop_box_and_underline(_drop_ruled_lines(_remove_haze(_white_ink(g))))
-    return _paste_centred(_fit_box(_crop_to_ink(g)))
+    g = _white_ink(g)
+    tight = _cropped_tight(g)  # cut to the digit: its border is ink, not paper (docs/shift.md)
+    g = _drop_box_and_underline(_drop_ruled_lines(_remove_haze(g, tight)))
+    return _paste_centred(_fit_box(_crop_to_ink(g, tight)))
 
 
 def prepare(source: str | Path | bytes) -> "torch.Tensor":
@@ -239,7 +241,7 @@ def _white_ink(g: np.ndarray) -> np.ndarray:
     return np.clip((g - bg) / (hi - bg), 0, 1)
 
 
-def _remove_haze(g: np.ndarray) -> np.ndarray:
+def _remove_haze(g: np.ndarray, tight: bool) -> np.ndarray:
     """Subtract a smooth background, when the border says there is one: uneven lighting on paper,
     a shadow, fog (docs/shift.md).
 
@@ -249,7 +251,7 @@ def _remove_haze(g: np.ndarray) -> np.ndarray:
     enlarged back. What is left below HAZE_RESIDUE of the ink is cleared. Ink on a clean background,
     MNIST's own included, never gets here and comes back unchanged.
     """
-    if _cropped_tight(g):  # the border is the digit's own ink, not paper: it tells nothing of the background
+    if tight:  # the border is the digit's own ink, not paper: it tells nothing of the background
         return g
     border = np.concatenate([g[0], g[-1], g[:, 0], g[:, -1]])
     if np.quantile(border, 0.9) < HAZE_MIN:  # an even background: nothing to remove, and thick strokes stay whole
@@ -385,7 +387,7 @@ def _leading_full(profile: np.ndarray, span: int) -> int:
     return int(full.argmin()) if not full.all() else len(full)
 
 
-def _crop_to_ink(g: np.ndarray) -> np.ndarray:
+def _crop_to_ink(g: np.ndarray, tight: bool) -> np.ndarray:
     """Crop to the ink's bounding box.
 
     The box is found from clear ink (> INK_THRESHOLD of the max), so JPEG ringing and specks do not
@@ -395,7 +397,7 @@ def _crop_to_ink(g: np.ndarray) -> np.ndarray:
     """
     border = np.concatenate([g[0], g[-1], g[:, 0], g[:, -1]])
     # the background noise, robust to some ink on the border; a tight crop's border is ink: no noise estimate
-    floor = 0.0 if _cropped_tight(g) else float(np.quantile(border, 0.9))
+    floor = 0.0 if tight else float(np.quantile(border, 0.9))
     core = g > max(floor, INK_THRESHOLD)
     if not core.any():
         raise DigitlabError("no digit found in image: it is blank",
