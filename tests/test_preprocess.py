@@ -420,6 +420,24 @@ def test_a_digit_cropped_tight_is_prepared_like_one_with_a_margin(dark_on_light)
     assert float((got - want).abs().mean()) < 0.04
 
 
+@pytest.mark.parametrize("binary", [True, False])
+def test_a_digit_filling_its_box_top_to_bottom_is_not_blank(binary):
+    # a size-normalised digit (a form's 32x32 bitmap, a 16x16 scan): ink on the top and bottom rows
+    # but not at the sides. Clear ink on the border was taken for the background noise level, and a
+    # binary digit's crop then found nothing above it ("blank"); a grey one lost the strokes' sides
+    im = Image.new("L", (124, 128), 0)
+    ImageDraw.Draw(im).line([(30, 4), (94, 4), (94, 30), (50, 64), (94, 96), (94, 124), (30, 124)],
+                            fill=255, width=18)  # a flat-topped 3, a marker's strokes
+    small = im.resize((31, 32), Image.Resampling.BOX)
+    a = np.asarray(small, dtype=np.float32) / 255
+    if binary:
+        a = (a > 0.5).astype(np.float32)
+    with_margin = np.pad(a, 6)
+    got, want = to_mnist(a), to_mnist(with_margin)
+    assert float(got.sum()) > 0.9 * float(want.sum())
+    assert float((got - want).abs().mean()) < 0.04
+
+
 def test_a_thick_digit_on_a_clean_background_is_not_thinned():
     im = Image.new("L", (28, 28), 0)
     ImageDraw.Draw(im).line([(8, 4), (20, 4), (13, 24)], fill=255, width=6)  # a marker 7: strokes 6 px of 28

@@ -20,9 +20,10 @@ from digitlab.errors import DigitlabError
 if TYPE_CHECKING:
     import torch
 
-VERSION = 8  # bump when the output changes (suites prepared by it are cached, keyed on it); 2: haze removal,
+VERSION = 9  # bump when the output changes (suites prepared by it are cached, keyed on it); 2: haze removal,
 # 3: haze residue cleared, 4: a form's box and an underline dropped, 5-6, 8: ruled lines dropped,
-# 7: a digit cropped tight (ink near all four sides) gets no haze removal and no border-noise floor
+# 7: a digit cropped tight (ink near all four sides) gets no haze removal and no border-noise floor,
+# 9: the border-noise floor ignores clear ink (a digit touching the top and bottom was "blank")
 SIZE = 28  # MNIST field
 BOX = 20  # the digit's longer side after size normalisation
 # Target centre of mass (row, col) in pixel-index coordinates. Measured on the MNIST test set:
@@ -31,6 +32,7 @@ BOX = 20  # the digit's longer side after size normalisation
 CENTRE = 14.0
 MIN_CONTRAST = 0.1  # ink must differ from the background by 10% of full range, else "blank"
 INK_THRESHOLD = 0.2  # fraction of the (stretched) max that is certainly ink, not noise or JPEG ringing
+CLEAR_INK = 0.5  # levels this high are a stroke's body, never paper noise
 HAZE_SIDE = 64  # the background estimate is computed at most this size: haze is smooth
 HAZE_MIN = 0.05  # border pixels this much above the border median (after stretching): an uneven background
 RULE_COVER = 0.8  # a side of a box, an underline or a ruled line has ink along this much of its length
@@ -276,7 +278,7 @@ def _remove_haze(g: np.ndarray, tight: bool) -> np.ndarray:
 
 def _cropped_tight(g: np.ndarray) -> bool:
     """Whether clear ink comes within 2 px of all four sides: an image cropped to the digit."""
-    rows, cols = np.flatnonzero((g >= 0.5).any(1)), np.flatnonzero((g >= 0.5).any(0))
+    rows, cols = np.flatnonzero((g >= CLEAR_INK).any(1)), np.flatnonzero((g >= CLEAR_INK).any(0))
     h, w = g.shape
     return rows.size > 0 and rows[0] <= 2 and rows[-1] >= h - 3 and cols[0] <= 2 and cols[-1] >= w - 3
 
@@ -396,8 +398,11 @@ def _crop_to_ink(g: np.ndarray, tight: bool) -> np.ndarray:
     its box, and one source pixel is negligible for a large photo.
     """
     border = np.concatenate([g[0], g[-1], g[:, 0], g[:, -1]])
-    # the background noise, robust to some ink on the border; a tight crop's border is ink: no noise estimate
-    floor = 0.0 if tight else float(np.quantile(border, 0.9))
+    paper = border[border < CLEAR_INK]
+    # The background noise, from the border's paper: a digit normalised to its box touches the top and
+    # bottom, and its clear ink there once set the floor above every stroke ("blank", docs/shift.md).
+    # A tight crop's border is ink: no noise estimate.
+    floor = 0.0 if tight or paper.size == 0 else float(np.quantile(paper, 0.9))
     core = g > max(floor, INK_THRESHOLD)
     if not core.any():
         raise DigitlabError("no digit found in image: it is blank",
