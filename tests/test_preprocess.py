@@ -438,6 +438,17 @@ def test_a_digit_filling_its_box_top_to_bottom_is_not_blank(binary):
     assert float((got - want).abs().mean()) < 0.04
 
 
+def test_a_size_normalised_digit_keeps_its_thick_stem():
+    # a 1 with a flag, normalised so its height fills a 20 px field (a 16x16 or 20x20 collection): the
+    # stem is as wide as haze removal's window, which took it for uneven paper and subtracted it
+    im = Image.new("L", (100, 100), 0)
+    ImageDraw.Draw(im).line([(15, 30), (60, 0), (60, 100)], fill=255, width=40)
+    a = np.asarray(im.resize((20, 20), Image.Resampling.BOX), dtype=np.float32) / 255
+    got, want = to_mnist(a), to_mnist(np.pad(a, 6))
+    assert float(got.sum()) > 0.9 * float(want.sum())  # was a third of the ink
+    assert float((got - want).abs().mean()) < 0.04
+
+
 def test_a_thick_digit_on_a_clean_background_is_not_thinned():
     im = Image.new("L", (28, 28), 0)
     ImageDraw.Draw(im).line([(8, 4), (20, 4), (13, 24)], fill=255, width=6)  # a marker 7: strokes 6 px of 28
