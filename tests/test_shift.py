@@ -87,6 +87,15 @@ def test_geometric_shifts_turn_and_stretch_the_ink(digits):
     assert aspect(_apply("stretch", digits)[0]) > aspect(base) > aspect(_apply("squeeze", digits)[0])
 
 
+def test_fill_and_bitmap32_hand_over_digits_as_size_normalised_collections_do(digits):
+    for img in shift.get("fill").fn(*digits, np.random.default_rng(0)):  # before preprocessing
+        assert img.shape == (16, 16)
+        assert img[0].any() and img[-1].any() and img[:, 0].any() and img[:, -1].any()  # ink on all four sides
+    for img in shift.get("bitmap32").fn(*digits, np.random.default_rng(0)):
+        assert img.shape == (32, 32) and set(np.unique(img)) <= {0.0, 1.0}
+        assert img[0].any() and img[-1].any()  # the height fills the field
+
+
 def test_continental_only_keeps_ones_and_sevens_and_adds_ink(digits):
     out, labels, _ = _apply("continental", digits)
     assert set(labels) == {1, 7} and len(labels) == np.isin(digits[1], (1, 7)).sum()

@@ -119,19 +119,40 @@ def _binary(img, rng):
     return (img > 0.5).astype(np.float32)
 
 
+def _ink_crop(img: np.ndarray) -> np.ndarray:
+    rows, cols = np.nonzero(img > 0.1)
+    return img[rows.min():rows.max() + 1, cols.min():cols.max() + 1]
+
+
 def _stretch(img, rng):
     """The ink box widened towards a square (at most 2x): digits size-normalised without keeping
     the aspect ratio, or simply written wide."""
-    rows, cols = np.nonzero(img > 0.1)
-    crop = img[rows.min():rows.max() + 1, cols.min():cols.max() + 1]
+    crop = _ink_crop(img)
     h, w = crop.shape
     return np.pad(_resize(crop, (h, int(round(min(h, 2 * w))) if w < h else w)), PAD)
 
 
+def _fill(img, rng):
+    """The ink box resized to a 16x16 square, aspect lost, no margin: collections that size-normalise
+    every digit to fill its field (a 1 becomes a broad band)."""
+    return _resize(_ink_crop(img), (16, 16))
+
+
+def _bitmap32(img, rng):
+    """The ink box scaled so its height fills a 32x32 field (aspect kept, centred across), thresholded
+    to 0/1: a form's digit bitmap. The ink touches the top and the bottom of the image."""
+    crop = _ink_crop((img > 0.5).astype(np.float32))  # the box of the pixels the bitmap will keep
+    h, w = crop.shape
+    width = min(32, max(1, round(w * 32 / h)))
+    out = np.zeros((32, 32), np.float32)
+    left = (32 - width) // 2
+    out[:, left:left + width] = _resize(crop, (32, width))
+    return (out > 0.5).astype(np.float32)
+
+
 def _squeeze(img, rng):
     """The ink box narrowed to 0.6 of its width: tall, narrow handwriting."""
-    rows, cols = np.nonzero(img > 0.1)
-    crop = img[rows.min():rows.max() + 1, cols.min():cols.max() + 1]
+    crop = _ink_crop(img)
     h, w = crop.shape
     return np.pad(_resize(crop, (h, max(1, int(round(0.6 * w))))), PAD)
 
@@ -245,6 +266,8 @@ SHIFTS: tuple[Shift, ...] = (
     Shift("lowres8", "8x8 input, enlarged by preprocessing", _per_image(_lowres(8))),
     Shift("binary", "thresholded 0/1 pixels, no anti-aliasing", _per_image(_binary)),
     Shift("stretch", "aspect ratio widened towards square (<= 2x)", _per_image(_stretch)),
+    Shift("fill", "16x16, ink stretched to fill the square (aspect lost)", _per_image(_fill)),
+    Shift("bitmap32", "32x32 binary, ink height filling the field", _per_image(_bitmap32)),
     Shift("squeeze", "aspect ratio narrowed to 0.6", _per_image(_squeeze)),
     Shift("slant", "x-shear 20-30 degrees", _slant),
     Shift("rotate", "rotation 15-25 degrees", _rotate),
