@@ -1,5 +1,6 @@
 """Batched augmentation: invariants, seeding, and exact agreement with simple per-image references."""
 
+import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
@@ -196,7 +197,7 @@ def test_style_augmentation_is_seeded_and_keeps_shape_and_range():
     assert torch.equal(a, b) and not torch.equal(a, c)
 
 
-@pytest.mark.parametrize("field", ["stroke_p", "lowres_p", "binarize_p", "broken_p", "lines_p", "noise_p", "refit_p"])
+@pytest.mark.parametrize("field", ["stroke_p", "lowres_p", "binarize_p", "broken_p", "lines_p", "noise_p", "refit_p", "fill_p"])
 def test_each_style_with_p_zero_changes_nothing_and_p_one_changes_every_image(field):
     x = F.avg_pool2d(strokes(8), 3, 1, 1)  # grey edges: binarising changes them
     assert torch.equal(augment(x, AugmentConfig(**{field: 0.0}), gen()), x)
@@ -295,6 +296,29 @@ def test_refit_does_what_preprocessing_does_to_a_digit_with_a_stray_line():
     target = _fitted(lined)
     assert (lined - target).abs().mean() > 0.05  # the line widened the box: preprocessing shrinks the digit
     assert (augment(lined, refit, gen()) - target).abs().mean() < 0.3 * (lined - target).abs().mean()
+
+
+def test_fill_stretches_the_ink_to_the_square_as_a_size_normalised_scan_looks_after_preprocessing():
+    from PIL import Image
+
+    from digitlab.data import synthetic
+    digits = _fitted(synthetic.load_split("test")[0][:48, None].float() / 255)
+
+    def stretched(img):  # a collection's digit: cropped to its ink, resized to a square
+        a = img[0].numpy()
+        rows, cols = np.nonzero(a > 0.2 * a.max())
+        crop = a[rows.min():rows.max() + 1, cols.min():cols.max() + 1]
+        return np.asarray(Image.fromarray(crop).resize((20, 20), Image.Resampling.BILINEAR))
+    target = _fitted(torch.stack([torch.from_numpy(stretched(d)) for d in digits])[:, None])
+    filled = augment(digits, AugmentConfig(fill_p=1.0), gen())
+    assert (digits - target).abs().mean() > 0.05  # narrow digits (a 1) change a lot
+    # what is left is resampling (the target is resampled twice) and the faint rim kept in the box
+    assert (filled - target).abs().mean() < 0.6 * (digits - target).abs().mean()
+    ink = filled[:, 0] > 0.2
+    assert ink.any(1).sum(1).float().mean() > 18.5 and ink.any(2).sum(1).float().mean() > 18.5  # 20 px box
+    half = augment(digits, AugmentConfig(fill_p=0.5), gen())
+    changed = ((half - digits).abs().amax(dim=(1, 2, 3)) > 0.01).float().mean()
+    assert 0.25 < changed < 0.75
 
 
 def test_styles_p_leaves_that_share_of_the_images_only_warped():

@@ -51,6 +51,7 @@ class AugmentConfig:
     lines_segments: int = 1  # a stray line is a zigzag of 1..lines_segments straight segments
     lines_radius: tuple[float, float] = (1.25, 1.25)  # half-width in px of a stray line, drawn per image
     refit_p: float = 0.0  # crop to the ink and fit it to 20 px again, as preprocessing does with a real input
+    fill_p: float = 0.0  # crop to the ink and stretch it to fill the 20x20 box, aspect lost (size-normalised scans)
     noise_p: float = 0.0
     noise_std: float = 0.1  # max std of additive Gaussian noise
     fog_p: float = 0.0  # a smooth haze of up to 0.4 (uneven lighting)
@@ -79,7 +80,7 @@ class AugmentConfig:
                                 "lines_segments in [1, 8], and (low, high) ranges with 0 < low <= high")
 
     _STYLE_P = ("stroke_p", "lowres_p", "binarize_p", "broken_p", "lines_p", "noise_p", "fog_p", "continental_p",
-                "refit_p")
+                "refit_p", "fill_p")
 
     def styles(self) -> bool:
         """Whether any style augmentation after the warp can happen."""
@@ -151,7 +152,7 @@ def augment(x: torch.Tensor, cfg: AugmentConfig, generator: torch.Generator,
         out = _broken(out, cfg, generator)
     if cfg.lines_p > 0:
         out = _lines(out, cfg, generator)
-    if cfg.refit_p > 0:  # after all that moves the ink's box; before fog, which preprocessing removes
+    if cfg.refit_p > 0 or cfg.fill_p > 0:  # after all that moves the ink's box; before fog (preprocessing removes it)
         out = _refit(out, cfg, generator)
     if cfg.fog_p > 0:
         out = _fog(out, cfg, generator)
@@ -347,23 +348,33 @@ def _refit(x: torch.Tensor, cfg: AugmentConfig, g: torch.Generator) -> torch.Ten
     input: the ink box (> INK_THRESHOLD of the max, grown by a faint line per side) scaled so its longer
     side is BOX px, placed on whole pixels with its centre of mass nearest pixel CENTRE, ink kept inside.
     So a stray line or a flag that widens the box shrinks the digit in training as it does in use
-    (docs/shift.md), and MNIST's own digits come back unchanged. One bilinear resampling per batch."""
+    (docs/shift.md). MNIST's own digits come back unchanged. One bilinear resampling per batch.
+
+    With fill_p, that share of the images is instead stretched to fill the BOX x BOX square, as
+    collections that size-normalise each digit to a square without keeping its aspect hand them
+    over: a 1 becomes a broad diagonal band (docs/shift.md, "Digits stretched to fill the box")."""
     b, _, h, w = x.shape
     on, _ = _chosen(b, cfg.refit_p, g, x.device)
     img = x[:, 0]
     peak = img.amax(dim=(1, 2), keepdim=True).clamp_min(1e-6)
     (top, bottom), (left, right) = (_ink_span(img, peak, axis) for axis in (2, 1))
-    scale = BOX / torch.maximum(bottom - top, right - left).clamp_min(1.0)  # output px per input px
+    height, width = (bottom - top).clamp_min(1.0), (right - left).clamp_min(1.0)
+    sy = sx = BOX / torch.maximum(height, width)  # output px per input px
+    if cfg.fill_p > 0:  # drawn only when asked, so other presets keep their random stream
+        fill, _ = _chosen(b, cfg.fill_p, g, x.device)
+        fill = fill.view(b)
+        sy, sx = torch.where(fill > 0, BOX / height, sy), torch.where(fill > 0, BOX / width, sx)
+        on = torch.maximum(on, fill.view(b, 1, 1, 1))
     mass = img.sum((1, 2)).clamp_min(1e-6)
     cy = (img.sum(2) * torch.arange(h, device=x.device)).sum(1) / mass  # pixel indices, as to_mnist
     cx = (img.sum(1) * torch.arange(w, device=x.device)).sum(1) / mass
-    zero = torch.zeros_like(scale)
-    out_top = (CENTRE - ((cy + 0.5 - top) * scale - 0.5)).round().clamp(zero, h - (bottom - top) * scale)
-    out_left = (CENTRE - ((cx + 0.5 - left) * scale - 0.5)).round().clamp(zero, w - (right - left) * scale)
+    zero = torch.zeros_like(sy)
+    out_top = (CENTRE - ((cy + 0.5 - top) * sy - 0.5)).round().clamp(zero, h - height * sy)
+    out_left = (CENTRE - ((cx + 0.5 - left) * sx - 0.5)).round().clamp(zero, w - width * sx)
     # output -> input in affine_grid's normalised units (align_corners=False): the output's edge
     # out_top samples the box's edge top; one output pixel steps 1/scale input pixels.
-    theta = torch.stack([torch.stack([1 / scale, zero, 2 / w * (left + (w / 2 - out_left) / scale) - 1], 1),
-                         torch.stack([zero, 1 / scale, 2 / h * (top + (h / 2 - out_top) / scale) - 1], 1)], 1)
+    theta = torch.stack([torch.stack([1 / sx, zero, 2 / w * (left + (w / 2 - out_left) / sx) - 1], 1),
+                         torch.stack([zero, 1 / sy, 2 / h * (top + (h / 2 - out_top) / sy) - 1], 1)], 1)
     grid = F.affine_grid(theta.to(x.dtype), list(x.shape), align_corners=False)
     fitted = _renormalise(F.grid_sample(x, grid, mode="bilinear", padding_mode="zeros", align_corners=False))
     return on * fitted + (1 - on) * x
