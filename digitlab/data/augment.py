@@ -352,7 +352,7 @@ def _refit(x: torch.Tensor, cfg: AugmentConfig, g: torch.Generator) -> torch.Ten
 
     With fill_p, that share of the images is instead stretched to fill the BOX x BOX square, as
     collections that size-normalise each digit to a square without keeping its aspect hand them
-    over: a 1 becomes a broad diagonal band (docs/shift.md, "Digits stretched to fill the box")."""
+    over: a 1 becomes a broad diagonal band (docs/shift.md, "Digits normalised to their field")."""
     b, _, h, w = x.shape
     on, _ = _chosen(b, cfg.refit_p, g, x.device)
     img = x[:, 0]

@@ -117,7 +117,7 @@ def noisy_to_28(gray: np.ndarray) -> "torch.Tensor":
     """An already noisy grayscale image -> float32 (28, 28), white ink on black, WITHOUT cropping:
     noise all over the image would move the ink box. Invert a light background, then area-resize."""
     g = np.asarray(gray, dtype=np.float32)
-    border = np.concatenate([g[0], g[-1], g[:, 0], g[:, -1]])
+    border = _border(g)
     if np.median(border) > 0.5:
         g = 1 - g
     if g.shape != (SIZE, SIZE):
@@ -231,9 +231,14 @@ def _composite(gray: np.ndarray, alpha: np.ndarray) -> np.ndarray:
 
 # --- MNIST normalisation -----------------------------------------------------------------------
 
+def _border(g: np.ndarray) -> np.ndarray:
+    """The outermost pixels (corners twice): what the paper looks like, where the digit does not reach."""
+    return np.concatenate([g[0], g[-1], g[:, 0], g[:, -1]])
+
+
 def _white_ink(g: np.ndarray) -> np.ndarray:
     """Invert a light background, then stretch so background -> 0 and the brightest ink -> 1."""
-    border = np.concatenate([g[0], g[-1], g[:, 0], g[:, -1]])
+    border = _border(g)
     bg = float(np.median(border))
     if bg > (float(g.min()) + float(g.max())) / 2:  # background closer to white than the ink is
         g, bg = 1 - g, 1 - bg
@@ -256,7 +261,7 @@ def _remove_haze(g: np.ndarray, tight: bool) -> np.ndarray:
     """
     if tight:  # the border is the digit's own ink, not paper: it tells nothing of the background
         return g
-    border = np.concatenate([g[0], g[-1], g[:, 0], g[:, -1]])
+    border = _border(g)
     if np.quantile(border, 0.9) < HAZE_MIN:  # an even background: nothing to remove, and thick strokes stay whole
         return g
     small = _shrink(Image.fromarray(g), HAZE_SIDE) if max(g.shape) > HAZE_SIDE else Image.fromarray(g)
@@ -399,12 +404,10 @@ def _crop_to_ink(g: np.ndarray, tight: bool) -> np.ndarray:
     background noise: the 1-px anti-aliased rim of an already small digit (MNIST's own) is part of
     its box, and one source pixel is negligible for a large photo.
     """
-    border = np.concatenate([g[0], g[-1], g[:, 0], g[:, -1]])
-    paper = border[border < CLEAR_INK]
     # The background noise, from the border's paper: a digit normalised to its box touches the top and
     # bottom, and its clear ink there once set the floor above every stroke ("blank", docs/shift.md).
     # A tight crop's border is ink: no noise estimate.
-    floor = 0.0 if tight or paper.size == 0 else float(np.quantile(paper, 0.9))
+    floor = 0.0 if tight else _paper_noise(_border(g))
     core = g > max(floor, INK_THRESHOLD)
     if not core.any():
         raise DigitlabError("no digit found in image: it is blank",
@@ -412,6 +415,12 @@ def _crop_to_ink(g: np.ndarray, tight: bool) -> np.ndarray:
     faint = g > floor
     (top, bottom), (left, right) = (_grow(np.flatnonzero(core.any(axis=a)), faint.any(axis=a)) for a in (1, 0))
     return g[top:bottom + 1, left:right + 1]
+
+
+def _paper_noise(border: np.ndarray) -> float:
+    """The 90% quantile of the border's pixels below clear ink (0 when the border is all ink)."""
+    paper = border[border < CLEAR_INK]
+    return float(np.quantile(paper, 0.9)) if paper.size else 0.0
 
 
 def _grow(idx: np.ndarray, faint: np.ndarray) -> tuple[int, int]:
