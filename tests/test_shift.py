@@ -6,10 +6,14 @@ import json
 
 import numpy as np
 import pytest
+import torch
 
+from digitlab import config
 from digitlab.bench.shift import expected_calibration_error
 from digitlab.cli import main
 from digitlab.data import shift, synthetic
+from digitlab.errors import DigitlabError
+from digitlab.tasks.recognize import RecognizeTask
 
 
 @pytest.fixture(scope="module")
@@ -145,3 +149,60 @@ def test_bench_shift_rejects_a_bad_limit(tmp_path, capsys):
                  "tensorboard=false", "--out", str(run), "--quiet"]) == 0
     assert main(["bench", "shift", str(run), "--limit", "0", "--out", str(tmp_path / "x.json")]) == 2
     assert "--limit must be a positive number" in capsys.readouterr().err
+
+
+# --- shift.mix and the recognize task's shift_replay -------------------------------------------
+
+def test_mix_sends_each_digit_through_one_shift_in_order(digits):
+    x, y = digits
+    np.testing.assert_array_equal(shift.mix(x, y, seed=3, names=["lowres8"]), _apply("lowres8", digits, seed=3)[0])
+    both = shift.mix(x, y, seed=3, names=["lowres8", "thick"])
+    low, thick = _apply("lowres8", digits, seed=3)[0], _apply("thick", digits, seed=3)[0]
+    is_low = (both == low).all((1, 2))
+    assert ((both == thick).all((1, 2)) | is_low).all() and 0 < is_low.sum() < len(y)  # each image one of the two
+    np.testing.assert_array_equal(both, shift.mix(x, y, seed=3, names=["lowres8", "thick"]))
+
+
+def test_mix_gives_a_shift_for_some_digits_only_those_digits(digits):
+    x, y = digits
+    out = shift.mix(x, y, seed=0, names=["continental", "thin"])
+    thin = _apply("thin", digits)[0]
+    others = ~np.isin(y, (1, 7))
+    assert others.any() and (out[others] == thin[others]).all()
+    with pytest.raises(DigitlabError, match="continental"):
+        shift.mix(x, y, seed=0, names=["continental"])
+
+
+def test_mix_keeps_a_digit_that_its_shift_blanks_clean(digits, monkeypatch):
+    monkeypatch.setitem(shift.BY_NAME, "erase", shift.Shift("erase", "", lambda x, y, rng: [0 * i for i in x]))
+    x, y = digits
+    np.testing.assert_array_equal(shift.mix(x, y, seed=0, names=["erase"]), x)
+
+
+def _replay_task(share, names=()):
+    task = RecognizeTask()
+    task.setup(config.resolve("recognize", "recognize-smoke", {
+        "progress": False, "figures": False, "tensorboard": False,
+        "task_args": {"shift_replay": share, "shift_replay_shifts": list(names)}}), torch.device("cpu"))
+    return task
+
+
+def test_shift_replay_puts_that_share_of_shifted_training_digits_in_each_batch():
+    index = torch.arange(200)
+    assert _replay_task(0.0).replay is None
+    plain = _replay_task(0.0).train_batch(index, torch.Generator().manual_seed(0))[0]
+    task = _replay_task(0.3, ["lowres8"])
+    assert task._replay is None  # made at the first training batch: evaluating a run never makes it
+    x, y = task.train_batch(index, torch.Generator().manual_seed(0))
+    images, labels = task.splits["train"]
+    lowres = _apply("lowres8", (images[index].numpy() / 255.0, labels[index].numpy()), seed=task.cfg.seed)[0]
+    replayed = (x[:, 0] - torch.from_numpy(lowres)).abs().amax((1, 2)) < 1 / 255  # uint8 storage
+    assert torch.equal(y, labels[index]) and 40 <= int(replayed.sum()) <= 80  # ~30% of 200
+    assert torch.equal(x[~replayed], plain[~replayed])  # the others are the usual batch
+
+
+@pytest.mark.parametrize("args, match", [({"shift_replay": 1.5}, "shift_replay"),
+                                         ({"shift_replay": 0.2, "shift_replay_shifts": ["nope"]}, "nope")])
+def test_bad_shift_replay_is_a_clear_error(args, match):
+    with pytest.raises(DigitlabError, match=match):
+        _replay_task(args["shift_replay"], args.get("shift_replay_shifts", ()))

@@ -315,3 +315,30 @@ def apply(shift: Shift, images: np.ndarray, labels: np.ndarray, seed: int = 0
         except DigitlabError:  # preprocessing found no ink
             blank += 1
     return out, labels, blank
+
+
+def mix(images: np.ndarray, labels: np.ndarray, seed: int, names: list[str] | None = None) -> np.ndarray:
+    """Each image through one shift drawn at random (of `names`, default all; a shift limited to some
+    classes only for those), then prepared by `to_mnist`: training images that look like the suite's,
+    for the recognize task's `shift_replay`. An image that preprocessing finds blank keeps its clean
+    form. images (N, 28, 28) in [0, 1] -> prepared (N, 28, 28) float32, in the same order."""
+    chosen = [get(n) for n in names] if names else list(SHIFTS)
+    free = [i for i, s in enumerate(chosen) if s.classes is None]
+    if not free:
+        raise DigitlabError(f"shifts {[s.name for s in chosen]} each take only some digits",
+                            "add a shift that takes every digit, e.g. thin")
+    images, labels = np.asarray(images, dtype=np.float32), np.asarray(labels)
+    rng = np.random.default_rng([seed, VERSION])
+    pick = rng.integers(len(chosen), size=len(images))
+    for i, s in enumerate(chosen):
+        if s.classes is not None:  # a digit this shift does not take gets one that takes any digit
+            other = (pick == i) & ~np.isin(labels, s.classes)
+            pick[other] = rng.choice(free, int(other.sum()))
+    out = images.copy()
+    for i, s in enumerate(chosen):
+        idx = np.nonzero(pick == i)[0]
+        if len(idx):
+            shifted, _, _ = apply(s, images[idx], labels[idx], seed)
+            found = shifted.reshape(len(idx), -1).max(1) > 0  # apply leaves a blank result all zero
+            out[idx[found]] = shifted[found]
+    return out

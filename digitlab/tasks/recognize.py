@@ -8,6 +8,10 @@ task_args (all optional; defaults in TASK_ARGS):
     junk_size       junk images generated once per run (a mix of data/junk.py's families), on the device
     junk_families   which families to train on (default all; "fashion" needs Fashion-MNIST)
     junk_mix        {family: share} overriding data/junk.py's TRAIN_MIX, e.g. {two_digits: 0.3}
+    shift_replay    share of each batch's digits replaced, after augmentation, by the same training digit
+                    sent through one of `digitlab bench shift`'s shifts and prepared by to_mnist
+                    (data/shift.py::mix, made once per run): the preprocessed look a user's digit has
+    shift_replay_shifts   which shifts (default all)
     reject_fraction, unsure_fraction   validation quantiles for the abstain thresholds (calibrate.py)
 
 Every run ends with a calibration fitted on validation (temperature + abstain thresholds), stored
@@ -31,7 +35,8 @@ from digitlab.errors import DigitlabError
 from digitlab.tasks.base import Outputs, TaskBase, augmentation, merge_task_args, to_float, train_val_indices
 
 TASK_ARGS = {"junk_weight": 0.0, "junk_fraction": 0.25, "junk_size": 10_000, "junk_families": list(junk.FAMILIES),
-             "junk_mix": {}, "reject_fraction": calibrate.REJECT_FRACTION, "unsure_fraction": calibrate.UNSURE_FRACTION}
+             "junk_mix": {}, "shift_replay": 0.0, "shift_replay_shifts": [],
+             "reject_fraction": calibrate.REJECT_FRACTION, "unsure_fraction": calibrate.UNSURE_FRACTION}
 
 
 def load_splits(cfg: TrainConfig, device: torch.device) -> dict[str, tuple[torch.Tensor, torch.Tensor]]:
@@ -55,9 +60,11 @@ class RecognizeTask(TaskBase):
         self.args = merge_task_args(cfg, TASK_ARGS)
         self.splits = load_splits(cfg, device)
         self._junk: torch.Tensor | None = None  # made at the first training batch (`junk`)
+        self._replay: torch.Tensor | None = None  # likewise (`replay`)
         self._val_logits: tuple[list[torch.Tensor], torch.Tensor] | None = None  # (weights, logits) of the last val pass
         if float(self.args["junk_weight"]) > 0:
             self._check_junk_families()
+        self._check_replay()
         self.augment_cfg = augmentation(cfg)
         # channels_last lets oneDNN / cuDNN pick faster convolution kernels.
         self.memory_format = torch.channels_last
@@ -97,6 +104,35 @@ class RecognizeTask(TaskBase):
                                self.args["junk_mix"])
         return images.to(self.device)
 
+    def _check_replay(self) -> None:
+        from digitlab.data import shift
+
+        share, names = self.args["shift_replay"], self.args["shift_replay_shifts"]
+        if not (_is_share(share) and share <= 1):
+            raise DigitlabError(f"task_args.shift_replay {share!r}: needs a share in [0, 1]",
+                                "e.g. task_args.shift_replay=0.2, or 0 for none")
+        if not isinstance(names, list):
+            raise DigitlabError(f"task_args.shift_replay_shifts {names!r}: needs a list of shift names",
+                                f"e.g. [lowres8, zigzag], or [] for all; shifts: {', '.join(shift.BY_NAME)}")
+        unknown = [n for n in names if n not in shift.BY_NAME]
+        if unknown:
+            raise DigitlabError(f"task_args.shift_replay_shifts: unknown shifts {unknown}",
+                                f"use names from: {', '.join(shift.BY_NAME)}")
+
+    @property
+    def replay(self) -> torch.Tensor | None:
+        """The training digits, each through one shift and to_mnist (None without shift_replay),
+        made at the first training batch from the run's seed: uint8 on the device, in the order of
+        the training split."""
+        if self._replay is None and float(self.args["shift_replay"]) > 0:
+            from digitlab.data import shift
+
+            images, labels = self.splits["train"]
+            mixed = shift.mix(images.cpu().numpy() / 255.0, labels.cpu().numpy(), self.cfg.seed,
+                              self.args["shift_replay_shifts"])
+            self._replay = torch.from_numpy((mixed * 255).round().astype("uint8")).to(self.device)
+        return self._replay
+
     def train_batch(self, index: torch.Tensor, generator: torch.Generator) -> tuple:
         """(images, labels): with outlier exposure the junk images follow the digits in `images`
         (len(images) > len(labels)), augmented alike so style alone never tells them apart."""
@@ -110,6 +146,10 @@ class RecognizeTask(TaskBase):
             style_labels = torch.cat([y, y.new_full((n,), -1)])
         if self.augment_cfg is not None:
             x = augment(x, self.augment_cfg, generator, labels=style_labels)
+        if self.replay is not None:  # after augmentation: a replayed digit already looks as a user's would
+            on = torch.rand(len(index), generator=generator, device=generator.device).to(index.device)
+            on = on < float(self.args["shift_replay"])
+            x[:len(index)][on] = to_float(self.replay[index[on]])
         return x.contiguous(memory_format=self.memory_format), y
 
     def step(self, model: nn.Module, batch: tuple) -> dict[str, torch.Tensor]:
