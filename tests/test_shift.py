@@ -206,3 +206,12 @@ def test_shift_replay_puts_that_share_of_shifted_training_digits_in_each_batch()
 def test_bad_shift_replay_is_a_clear_error(args, match):
     with pytest.raises(DigitlabError, match=match):
         _replay_task(args["shift_replay"], args.get("shift_replay_shifts", ()))
+
+
+def test_shift_replay_without_the_baselines_extra_names_it(monkeypatch):
+    from digitlab import extras
+
+    monkeypatch.setattr(extras, "missing", lambda extra: "scikit-image" if extra == "baselines" else None)
+    with pytest.raises(DigitlabError, match="baselines"):
+        _replay_task(0.2)
+    assert _replay_task(0.0).replay is None  # without replay the extra is not needed

@@ -32,6 +32,7 @@ from digitlab.config import TrainConfig
 from digitlab.data import junk, mnist
 from digitlab.data.augment import augment
 from digitlab.errors import DigitlabError
+from digitlab.extras import require
 from digitlab.tasks.base import Outputs, TaskBase, augmentation, merge_task_args, to_float, train_val_indices
 
 TASK_ARGS = {"junk_weight": 0.0, "junk_fraction": 0.25, "junk_size": 10_000, "junk_families": list(junk.FAMILIES),
@@ -105,12 +106,15 @@ class RecognizeTask(TaskBase):
         return images.to(self.device)
 
     def _check_replay(self) -> None:
-        from digitlab.data import shift
-
         share, names = self.args["shift_replay"], self.args["shift_replay_shifts"]
         if not (_is_share(share) and share <= 1):
             raise DigitlabError(f"task_args.shift_replay {share!r}: needs a share in [0, 1]",
                                 "e.g. task_args.shift_replay=0.2, or 0 for none")
+        if share == 0:
+            return
+        require("baselines", "task_args.shift_replay")  # the shifts' morphology: scikit-image, scipy
+        from digitlab.data import shift
+
         if not isinstance(names, list):
             raise DigitlabError(f"task_args.shift_replay_shifts {names!r}: needs a list of shift names",
                                 f"e.g. [lowres8, zigzag], or [] for all; shifts: {', '.join(shift.BY_NAME)}")
