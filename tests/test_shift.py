@@ -153,37 +153,45 @@ def test_bench_shift_rejects_a_bad_limit(tmp_path, capsys):
 
 # --- shift.mix and the recognize task's shift_replay -------------------------------------------
 
+def _only(*names, **weights):
+    return {**{s.name: 0 for s in shift.SHIFTS if s.name not in names}, **weights}
+
+
 def test_mix_sends_each_digit_through_one_shift_in_order(digits):
     x, y = digits
-    np.testing.assert_array_equal(shift.mix(x, y, seed=3, names=["lowres8"]), _apply("lowres8", digits, seed=3)[0])
-    both = shift.mix(x, y, seed=3, names=["lowres8", "thick"])
+    np.testing.assert_array_equal(shift.mix(x, y, seed=3, weights=_only("lowres8")), _apply("lowres8", digits, seed=3)[0])
+    both = shift.mix(x, y, seed=3, weights=_only("lowres8", "thick"))
     low, thick = _apply("lowres8", digits, seed=3)[0], _apply("thick", digits, seed=3)[0]
     is_low = (both == low).all((1, 2))
     assert ((both == thick).all((1, 2)) | is_low).all() and 0 < is_low.sum() < len(y)  # each image one of the two
-    np.testing.assert_array_equal(both, shift.mix(x, y, seed=3, names=["lowres8", "thick"]))
+    np.testing.assert_array_equal(both, shift.mix(x, y, seed=3, weights=_only("lowres8", "thick")))
+    heavy = shift.mix(x, y, seed=3, weights=_only("lowres8", "thick", lowres8=20))
+    assert (heavy == low).all((1, 2)).sum() > is_low.sum()  # a weight draws its shift more often
 
 
 def test_mix_gives_a_shift_for_some_digits_only_those_digits(digits):
     x, y = digits
-    out = shift.mix(x, y, seed=0, names=["continental", "thin"])
+    out = shift.mix(x, y, seed=0, weights=_only("continental", "thin"))
     thin = _apply("thin", digits)[0]
     others = ~np.isin(y, (1, 7))
     assert others.any() and (out[others] == thin[others]).all()
     with pytest.raises(DigitlabError, match="continental"):
-        shift.mix(x, y, seed=0, names=["continental"])
+        shift.mix(x, y, seed=0, weights=_only("continental"))
 
 
 def test_mix_keeps_a_digit_that_its_shift_blanks_clean(digits, monkeypatch):
-    monkeypatch.setitem(shift.BY_NAME, "erase", shift.Shift("erase", "", lambda x, y, rng: [0 * i for i in x]))
+    erase = shift.Shift("erase", "", lambda x, y, rng: [0 * i for i in x])
+    monkeypatch.setattr(shift, "SHIFTS", (erase,))
+    monkeypatch.setitem(shift.BY_NAME, "erase", erase)
     x, y = digits
-    np.testing.assert_array_equal(shift.mix(x, y, seed=0, names=["erase"]), x)
+    np.testing.assert_array_equal(shift.mix(x, y, seed=0), x)
 
 
-def _replay_task(share, names=()):
+def _replay_task(share, weights=None):
     task = RecognizeTask()
     task.setup(config.resolve("recognize", "recognize-smoke", {
         "progress": False, "figures": False, "tensorboard": False,
-        "task_args": {"shift_replay": share, "shift_replay_shifts": list(names)}}), torch.device("cpu"))
+        "task_args": {"shift_replay": share, "shift_replay_weights": weights or {}}}), torch.device("cpu"))
     return task
 
 
@@ -191,7 +199,7 @@ def test_shift_replay_puts_that_share_of_shifted_training_digits_in_each_batch()
     index = torch.arange(200)
     assert _replay_task(0.0).replay is None
     plain = _replay_task(0.0).train_batch(index, torch.Generator().manual_seed(0))[0]
-    task = _replay_task(0.3, ["lowres8"])
+    task = _replay_task(0.3, _only("lowres8"))
     assert task._replay is None  # made at the first training batch: evaluating a run never makes it
     x, y = task.train_batch(index, torch.Generator().manual_seed(0))
     images, labels = task.splits["train"]
@@ -201,11 +209,12 @@ def test_shift_replay_puts_that_share_of_shifted_training_digits_in_each_batch()
     assert torch.equal(x[~replayed], plain[~replayed])  # the others are the usual batch
 
 
-@pytest.mark.parametrize("args, match", [({"shift_replay": 1.5}, "shift_replay"),
-                                         ({"shift_replay": 0.2, "shift_replay_shifts": ["nope"]}, "nope")])
-def test_bad_shift_replay_is_a_clear_error(args, match):
+@pytest.mark.parametrize("share, weights, match", [(1.5, {}, "shift_replay 1.5"),
+                                                   (0.2, {"nope": 1}, "shift_replay_weights.*nope"),
+                                                   (0.2, {"zigzag": -1}, "shift_replay_weights.*negative")])
+def test_bad_shift_replay_is_a_clear_error(share, weights, match):
     with pytest.raises(DigitlabError, match=match):
-        _replay_task(args["shift_replay"], args.get("shift_replay_shifts", ()))
+        _replay_task(share, weights)
 
 
 def test_shift_replay_without_the_baselines_extra_names_it(monkeypatch):

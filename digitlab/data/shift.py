@@ -317,23 +317,38 @@ def apply(shift: Shift, images: np.ndarray, labels: np.ndarray, seed: int = 0
     return out, labels, blank
 
 
-def mix(images: np.ndarray, labels: np.ndarray, seed: int, names: list[str] | None = None) -> np.ndarray:
-    """Each image through one shift drawn at random (of `names`, default all; a shift limited to some
-    classes only for those), then prepared by `to_mnist`: training images that look like the suite's,
-    for the recognize task's `shift_replay`. An image that preprocessing finds blank keeps its clean
-    form. images (N, 28, 28) in [0, 1] -> prepared (N, 28, 28) float32, in the same order."""
-    chosen = [get(n) for n in names] if names else list(SHIFTS)
-    free = [i for i, s in enumerate(chosen) if s.classes is None]
-    if not free:
-        raise DigitlabError(f"shifts {[s.name for s in chosen]} each take only some digits",
-                            "add a shift that takes every digit, e.g. thin")
+def mix_weights(weights: dict[str, float] | None = None) -> tuple[list[Shift], np.ndarray]:
+    """The shifts `mix` draws from and their probabilities: {name: relative weight}, 1 for a shift not
+    named, 0 leaves it out. An unknown name, a negative weight, or no shift left that takes every
+    digit is an error naming it."""
+    weights = dict(weights or {})
+    unknown = sorted(set(weights) - set(BY_NAME))
+    bad = [f"{n}={w!r}" for n, w in weights.items() if not isinstance(w, (int, float)) or isinstance(w, bool) or w < 0]
+    if unknown or bad:
+        raise DigitlabError(f"shift weights: {'unknown shifts ' + str(unknown) if unknown else 'negative ' + ', '.join(bad)}",
+                            f"weigh shifts from: {', '.join(BY_NAME)}, each 0 or more (1 when not named)")
+    chosen = [s for s in SHIFTS if weights.get(s.name, 1) > 0]
+    if not any(s.classes is None for s in chosen):
+        raise DigitlabError(f"shift weights leave only {[s.name for s in chosen]}, which take some digits only",
+                            "give a shift that takes every digit a weight above 0, e.g. thin: 1")
+    p = np.array([float(weights.get(s.name, 1)) for s in chosen])
+    return chosen, p / p.sum()
+
+
+def mix(images: np.ndarray, labels: np.ndarray, seed: int, weights: dict[str, float] | None = None) -> np.ndarray:
+    """Each image through one shift drawn at random (by `mix_weights`; a shift limited to some classes
+    only for those), then prepared by `to_mnist`: training images that look like the suite's, for the
+    recognize task's `shift_replay`. An image that preprocessing finds blank keeps its clean form.
+    images (N, 28, 28) in [0, 1] -> prepared (N, 28, 28) float32, in the same order."""
+    chosen, p = mix_weights(weights)
     images, labels = np.asarray(images, dtype=np.float32), np.asarray(labels)
     rng = np.random.default_rng([seed, VERSION])
-    pick = rng.integers(len(chosen), size=len(images))
+    pick = rng.choice(len(chosen), size=len(images), p=p)
+    free = np.array([s.classes is None for s in chosen])
     for i, s in enumerate(chosen):
         if s.classes is not None:  # a digit this shift does not take gets one that takes any digit
             other = (pick == i) & ~np.isin(labels, s.classes)
-            pick[other] = rng.choice(free, int(other.sum()))
+            pick[other] = rng.choice(np.flatnonzero(free), int(other.sum()), p=p[free] / p[free].sum())
     out = images.copy()
     for i, s in enumerate(chosen):
         idx = np.nonzero(pick == i)[0]

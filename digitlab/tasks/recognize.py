@@ -11,7 +11,7 @@ task_args (all optional; defaults in TASK_ARGS):
     shift_replay    share of each batch's digits replaced, after augmentation, by the same training digit
                     sent through one of `digitlab bench shift`'s shifts and prepared by to_mnist
                     (data/shift.py::mix, made once per run): the preprocessed look a user's digit has
-    shift_replay_shifts   which shifts (default all)
+    shift_replay_weights  {shift: relative weight} for the drawing (1 when not named, 0 leaves it out)
     reject_fraction, unsure_fraction   validation quantiles for the abstain thresholds (calibrate.py)
 
 Every run ends with a calibration fitted on validation (temperature + abstain thresholds), stored
@@ -36,7 +36,7 @@ from digitlab.extras import require
 from digitlab.tasks.base import Outputs, TaskBase, augmentation, merge_task_args, to_float, train_val_indices
 
 TASK_ARGS = {"junk_weight": 0.0, "junk_fraction": 0.25, "junk_size": 10_000, "junk_families": list(junk.FAMILIES),
-             "junk_mix": {}, "shift_replay": 0.0, "shift_replay_shifts": [],
+             "junk_mix": {}, "shift_replay": 0.0, "shift_replay_weights": {},
              "reject_fraction": calibrate.REJECT_FRACTION, "unsure_fraction": calibrate.UNSURE_FRACTION}
 
 
@@ -106,22 +106,18 @@ class RecognizeTask(TaskBase):
         return images.to(self.device)
 
     def _check_replay(self) -> None:
-        share, names = self.args["shift_replay"], self.args["shift_replay_shifts"]
+        share = self.args["shift_replay"]
         if not (_is_share(share) and share <= 1):
             raise DigitlabError(f"task_args.shift_replay {share!r}: needs a share in [0, 1]",
                                 "e.g. task_args.shift_replay=0.2, or 0 for none")
-        if share == 0:
-            return
-        require("baselines", "task_args.shift_replay")  # the shifts' morphology: scikit-image, scipy
-        from digitlab.data import shift
+        if share > 0:
+            require("baselines", "task_args.shift_replay")  # the shifts' morphology: scikit-image, scipy
+            from digitlab.data import shift
 
-        if not isinstance(names, list):
-            raise DigitlabError(f"task_args.shift_replay_shifts {names!r}: needs a list of shift names",
-                                f"e.g. [lowres8, zigzag], or [] for all; shifts: {', '.join(shift.BY_NAME)}")
-        unknown = [n for n in names if n not in shift.BY_NAME]
-        if unknown:
-            raise DigitlabError(f"task_args.shift_replay_shifts: unknown shifts {unknown}",
-                                f"use names from: {', '.join(shift.BY_NAME)}")
+            try:  # a bad weight fails before training, not at the first batch
+                shift.mix_weights(self.args["shift_replay_weights"])
+            except DigitlabError as e:
+                raise DigitlabError(f"task_args.shift_replay_weights: {e.problem}", e.fix) from None
 
     @property
     def replay(self) -> torch.Tensor | None:
@@ -133,7 +129,7 @@ class RecognizeTask(TaskBase):
 
             images, labels = self.splits["train"]
             mixed = shift.mix(images.cpu().numpy() / 255.0, labels.cpu().numpy(), self.cfg.seed,
-                              self.args["shift_replay_shifts"])
+                              self.args["shift_replay_weights"])
             self._replay = torch.from_numpy((mixed * 255).round().astype("uint8")).to(self.device)
         return self._replay
 
