@@ -3,8 +3,9 @@
 # thread count keeps the arithmetic, and so the weights, the same run after run on one machine).
 # The denoiser and the comparer are one `digitlab train` run each, seed 0. The recogniser is five runs
 # averaged by `digitlab ensemble`: recognize-robust seeds 0, 1 and 2 and recognize-robust-deep seeds 0 and 2
-# (docs/shift.md, "Three seeds averaged", "A deeper fourth member", "Haze residue" and "Digits normalised to
-# their field": the ensemble reads the shifted digits of `digitlab bench shift` better than any one of its members).
+# (docs/shift.md, "Three seeds averaged", "A deeper fourth member", "Haze residue", "Digits normalised to
+# their field" and "Shift replay": the ensemble reads the shifted digits of `digitlab bench shift` better than any
+# one of its members).
 # Each model is then packed by `python -m digitlab.pretrained.build`, which writes its MODEL_CARD.md and
 # records its SHA-256 and check figures in benchmarks/pretrained-<task>.json.
 #
