@@ -211,7 +211,7 @@ def test_shift_replay_puts_that_share_of_shifted_training_digits_in_each_batch()
 
 @pytest.mark.parametrize("share, weights, match", [(1.5, {}, "shift_replay 1.5"),
                                                    (0.2, {"nope": 1}, "shift_replay_weights.*nope"),
-                                                   (0.2, {"zigzag": -1}, "shift_replay_weights.*negative")])
+                                                   (0.2, {"zigzag": -1}, "shift_replay_weights.*zigzag=-1")])
 def test_bad_shift_replay_is_a_clear_error(share, weights, match):
     with pytest.raises(DigitlabError, match=match):
         _replay_task(share, weights)

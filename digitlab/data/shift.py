@@ -325,7 +325,7 @@ def mix_weights(weights: dict[str, float] | None = None) -> tuple[list[Shift], n
     unknown = sorted(set(weights) - set(BY_NAME))
     bad = [f"{n}={w!r}" for n, w in weights.items() if not isinstance(w, (int, float)) or isinstance(w, bool) or w < 0]
     if unknown or bad:
-        raise DigitlabError(f"shift weights: {'unknown shifts ' + str(unknown) if unknown else 'negative ' + ', '.join(bad)}",
+        raise DigitlabError(f"shift weights: {'unknown shifts ' + str(unknown) if unknown else 'not numbers >= 0: ' + ', '.join(bad)}",
                             f"weigh shifts from: {', '.join(BY_NAME)}, each 0 or more (1 when not named)")
     chosen = [s for s in SHIFTS if weights.get(s.name, 1) > 0]
     if not any(s.classes is None for s in chosen):
