@@ -179,6 +179,12 @@ def test_mix_gives_a_shift_for_some_digits_only_those_digits(digits):
         shift.mix(x, y, seed=0, weights=_only("continental"))
 
 
+def test_mix_weights_that_are_no_finite_share_are_a_clear_error():
+    for weights in ({"zigzag": float("inf")}, {"zigzag": "4"}, {"nope": 1}):
+        with pytest.raises(DigitlabError, match="zigzag|nope"):
+            shift.mix_weights(weights)
+
+
 def test_mix_keeps_a_digit_that_its_shift_blanks_clean(digits, monkeypatch):
     erase = shift.Shift("erase", "", lambda x, y, rng: [0 * i for i in x])
     monkeypatch.setattr(shift, "SHIFTS", (erase,))

@@ -322,17 +322,23 @@ def mix_weights(weights: dict[str, float] | None = None) -> tuple[list[Shift], n
     named, 0 leaves it out. An unknown name, a negative weight, or no shift left that takes every
     digit is an error naming it."""
     weights = dict(weights or {})
+    fix = f"weigh shifts from: {', '.join(BY_NAME)}, each 0 or more (1 when not named)"
     unknown = sorted(set(weights) - set(BY_NAME))
-    bad = [f"{n}={w!r}" for n, w in weights.items() if not isinstance(w, (int, float)) or isinstance(w, bool) or w < 0]
-    if unknown or bad:
-        raise DigitlabError(f"shift weights: {'unknown shifts ' + str(unknown) if unknown else 'not numbers >= 0: ' + ', '.join(bad)}",
-                            f"weigh shifts from: {', '.join(BY_NAME)}, each 0 or more (1 when not named)")
+    if unknown:
+        raise DigitlabError(f"shift weights: unknown shifts {unknown}", fix)
+    bad = [f"{n}={w!r}" for n, w in weights.items() if not _weight(w)]
+    if bad:
+        raise DigitlabError(f"shift weights: not finite numbers >= 0: {', '.join(bad)}", fix)
     chosen = [s for s in SHIFTS if weights.get(s.name, 1) > 0]
     if not any(s.classes is None for s in chosen):
         raise DigitlabError(f"shift weights leave only {[s.name for s in chosen]}, which take some digits only",
                             "give a shift that takes every digit a weight above 0, e.g. thin: 1")
     p = np.array([float(weights.get(s.name, 1)) for s in chosen])
     return chosen, p / p.sum()
+
+
+def _weight(w) -> bool:
+    return isinstance(w, (int, float)) and not isinstance(w, bool) and 0 <= w < float("inf")
 
 
 def mix(images: np.ndarray, labels: np.ndarray, seed: int, weights: dict[str, float] | None = None) -> np.ndarray:
