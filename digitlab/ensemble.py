@@ -13,7 +13,10 @@ average, which is usually less confident than each of them (docs/speed.md, "reco
 
 from __future__ import annotations
 
+import multiprocessing
+import os
 import time
+from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
 from typing import Any
 
@@ -23,28 +26,46 @@ from digitlab.errors import DigitlabError
 RUN_FILES = ("config.json", "model.safetensors", "model.json", "metrics.json")
 
 
-def train_members(members: list[tuple[str, int]], out: str | Path, quiet: bool = True,
+def train_members(members: list[tuple[str, int]], out: str | Path, quiet: bool = True, jobs: int = 1,
                   **settings: Any) -> list[Path]:
     """Train each (preset, seed) into OUT/members/s<seed> (or <preset>-s<seed> when the presets
     differ); a finished member is kept, an interrupted one resumes from its checkpoint, so the
-    command can simply be run again."""
+    command can simply be run again. `jobs` > 1 trains that many members at once, each in its own
+    process with its share of the CPU cores: two one-thread trainings of a small net finish sooner
+    than two two-thread ones in a row (docs/speed.md, "recognize-best2")."""
     from digitlab import config
-    from digitlab.engine import loop
 
     one_preset = len({preset for preset, _ in members}) == 1
     names = [f"s{seed}" if one_preset else f"{Path(preset).stem}-s{seed}" for preset, seed in members]
     if len(members) < 2 or len(set(names)) < len(names):
         raise DigitlabError(f"an ensemble needs at least two members, each a different preset and seed, got {members}",
                             "e.g. --seeds 0 1 2, or --members recognize-robust:0 recognize-robust-deep:0")
-    cfgs = [config.resolve("recognize", preset, {"progress": not quiet, **settings, "seed": seed})
-            for preset, seed in members]
-    paths = []
-    for name, cfg in zip(names, cfgs):  # every config is checked before the first member trains
-        path = Path(out) / "members" / name
-        path.mkdir(parents=True, exist_ok=True)
-        loop.train(cfg, run_dir=path, resume=(path / "config.json").is_file(), quiet=quiet)
-        paths.append(path)
+    if jobs < 1:
+        raise DigitlabError(f"--jobs must be 1 or more, got {jobs}", "e.g. --jobs 2 to train two members at once")
+    jobs = min(jobs, len(members))
+    if jobs > 1 and "threads" not in settings:
+        settings["threads"] = max(1, (os.cpu_count() or 1) // jobs)
+    cfgs = [config.resolve("recognize", preset, {"progress": not quiet and jobs == 1, **settings, "seed": seed})
+            for preset, seed in members]  # every config is checked before the first member trains
+    paths = [Path(out) / "members" / name for name in names]
+    if jobs == 1:
+        for cfg, path in zip(cfgs, paths):
+            _train_member(cfg.to_dict(), path, quiet)
+        return paths
+    with ProcessPoolExecutor(jobs, mp_context=multiprocessing.get_context("spawn")) as pool:
+        for done in [pool.submit(_train_member, cfg.to_dict(), path, True) for cfg, path in zip(cfgs, paths)]:
+            done.result()  # re-raises a member's error here
     return paths
+
+
+def _train_member(cfg: dict, path: Path, quiet: bool) -> None:
+    """One member, resumed when its folder already holds a run; a function of plain data, so that
+    a worker process can run it."""
+    from digitlab.config import TrainConfig
+    from digitlab.engine import loop
+
+    path.mkdir(parents=True, exist_ok=True)
+    loop.train(TrainConfig.from_dict(cfg), run_dir=path, resume=(path / "config.json").is_file(), quiet=quiet)
 
 
 def combine(runs: list[str | Path], out: str | Path, data_dir: str | None = None) -> Path:

@@ -9,5 +9,8 @@ class DigitlabError(Exception):
         self.problem = problem
         self.fix = fix
 
+    def __reduce__(self):  # keeps the fix when the error crosses processes (`digitlab ensemble --jobs`)
+        return type(self), (self.problem, self.fix)
+
     def __str__(self) -> str:
         return f"{self.problem}\n  fix: {self.fix}" if self.fix else self.problem

@@ -2,16 +2,19 @@
 
 from __future__ import annotations
 
+import pickle
 from pathlib import Path
 
 import pytest
+import safetensors.torch
 import torch
 
 import digitlab
-from digitlab import api, io
+from digitlab import api, ensemble, io
 from digitlab.cli import main
 from digitlab.config import resolve
 from digitlab.engine import run as runs
+from digitlab.errors import DigitlabError
 from digitlab.models import registry
 
 WIDTHS = [4, 8, 8]
@@ -102,6 +105,52 @@ def test_the_members_form_trains_members_of_different_recipes(tmp_path):
     assert api.Recognizer(out).predict(bar).digit in range(10)
 
 
+def test_jobs_trains_members_side_by_side_into_the_same_members(tmp_path):
+    """--jobs 2 trains the two members in two processes at once; at the same thread count each
+    member is the one a run of its own gives (training is deterministic per thread count)."""
+    common = ["--preset", "recognize-smoke", "--seeds", "0", "1", "--set", "epochs=1", "--quiet"]
+    assert main(["ensemble", *common, "--out", str(tmp_path / "one")]) == 0
+    assert main(["ensemble", *common, "--jobs", "2", "--out", str(tmp_path / "two")]) == 0
+    for seed in (0, 1):
+        one = safetensors.torch.load_file(tmp_path / "one" / "members" / f"s{seed}" / "model.safetensors")
+        two = safetensors.torch.load_file(tmp_path / "two" / "members" / f"s{seed}" / "model.safetensors")
+        assert one.keys() == two.keys() and all(torch.equal(one[k], two[k]) for k in one)
+    assert io.read_json(tmp_path / "two" / "metrics.json")["test_acc"] == io.read_json(tmp_path / "one" / "metrics.json")["test_acc"]
+
+
+def test_jobs_share_the_cores_unless_threads_are_set(tmp_path, monkeypatch):
+    seen = []
+    monkeypatch.setattr(ensemble, "_train_member", lambda cfg, path, quiet: seen.append(cfg["threads"]))
+    monkeypatch.setattr(ensemble, "ProcessPoolExecutor", _InlinePool)
+    monkeypatch.setattr(ensemble.os, "cpu_count", lambda: 8)
+    ensemble.train_members([("recognize-smoke", 0), ("recognize-smoke", 1)], tmp_path / "a", jobs=2)
+    ensemble.train_members([("recognize-smoke", 0), ("recognize-smoke", 1)], tmp_path / "b", jobs=4)  # 2 members
+    ensemble.train_members([("recognize-smoke", 0), ("recognize-smoke", 1)], tmp_path / "c", jobs=2, threads=3)
+    assert seen == [4, 4, 4, 4, 3, 3]
+
+
+class _InlinePool:
+    """ProcessPoolExecutor's shape, run in this process: what the members are given, not how."""
+
+    def __init__(self, jobs, mp_context=None):
+        pass
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        return False
+
+    def submit(self, fn, *args):
+        fn(*args)
+        return type("Done", (), {"result": lambda self: None})()
+
+
+def test_a_user_error_keeps_its_fix_across_processes():
+    error = pickle.loads(pickle.dumps(DigitlabError("MNIST is missing", "run digitlab fetch")))
+    assert isinstance(error, DigitlabError) and (error.problem, error.fix) == ("MNIST is missing", "run digitlab fetch")
+
+
 @pytest.mark.parametrize("case, message", [
     ("one run", "at least two runs"),
     ("other split", "do not share one data set and validation split"),
@@ -116,6 +165,8 @@ def test_the_members_form_trains_members_of_different_recipes(tmp_path):
     ("same seed twice", "at least two members, each a different preset and seed"),
     ("bad member", "--members takes PRESET:SEED, got 'recognize-smoke'"),
     ("bad seed", "--members takes PRESET:SEED, got 'recognize-smoke:x'"),
+    ("no jobs", "--jobs must be 1 or more, got 0"),
+    ("jobs with runs", "--jobs says how many members to train at once"),
 ])
 def test_bad_requests_are_one_clear_error(tmp_path, capsys, case, message):
     a, b = member(tmp_path / "a", 0), member(tmp_path / "b", 1)
@@ -134,6 +185,8 @@ def test_bad_requests_are_one_clear_error(tmp_path, capsys, case, message):
         "same seed twice": ["--members", "recognize-smoke:0", "recognize-smoke:0", "recognize-smoke:1"],
         "bad member": ["--members", "recognize-smoke", "recognize-smoke:1"],
         "bad seed": ["--members", "recognize-smoke:x", "recognize-smoke:1"],
+        "no jobs": ["--preset", "recognize-smoke", "--seeds", "0", "1", "--jobs", "0"],
+        "jobs with runs": [str(a), str(b), "--jobs", "2"],
     }[case]
     if case == "nested":
         assert main(["ensemble", str(a), str(b), "--out", str(tmp_path / "ab")]) == 0

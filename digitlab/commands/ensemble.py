@@ -15,6 +15,7 @@ def register(sub) -> None:
                                    "to resume).",
                        epilog="examples: digitlab ensemble runs/recognize/a runs/recognize/b --out runs/recognize/ab\n"
                               "          digitlab ensemble --preset recognize-best --seeds 0 1 2 --out runs/recognize/max\n"
+                              "          digitlab ensemble --preset recognize-deep --seeds 0 1 --jobs 2 --out runs/recognize/best2\n"
                               "          digitlab ensemble --members recognize-robust:0 recognize-robust:1 "
                               "recognize-robust:2 recognize-robust-deep:0 --out runs/recognize/shipped")
     p.add_argument("runs", type=Path, nargs="*", metavar="RUN", help="finished recognition runs to combine")
@@ -26,6 +27,8 @@ def register(sub) -> None:
                    "overrides for every member")
     p.add_argument("--data-dir", help="folder with the MNIST IDX files")
     p.add_argument("--out", type=Path, required=True, help="folder to create for the ensemble")
+    p.add_argument("--jobs", type=int, default=1, help="with --preset or --members: train this many members at "
+                   "once, each in its own process with its share of the CPU cores (default 1)")
     p.add_argument("--quiet", action="store_true", help="with --preset or --members: no per-epoch lines")
     p.set_defaults(func=run)
 
@@ -39,6 +42,9 @@ def run(args) -> int:
                             "or --members recognize-robust:0 recognize-robust-deep:0 --out OUT")
     if args.seeds and not args.preset:
         raise DigitlabError("--seeds goes with --preset", "drop --seeds, or give each member's seed in --members")
+    if args.runs and args.jobs != 1:
+        raise DigitlabError("--jobs says how many members to train at once, so it needs --preset or --members",
+                            "drop --jobs, or train the members with --preset or --members")
     if args.set and args.runs:
         raise DigitlabError("--set changes how members are trained, so it needs --preset or --members",
                             "drop --set, or train the members with --preset or --members")
@@ -48,7 +54,7 @@ def run(args) -> int:
         if args.data_dir:
             settings["data_dir"] = args.data_dir
         specs = [(args.preset, s) for s in args.seeds or [0, 1, 2]] if args.preset else _members(args.members)
-        members = ensemble.train_members(specs, args.out, args.quiet, **settings)
+        members = ensemble.train_members(specs, args.out, args.quiet, args.jobs, **settings)
     out = ensemble.combine(members, args.out, args.data_dir)
     m = runfolder.read_metrics(out)
     print(f"{out}: {len(members)} members, val acc {100 * m['val_acc']:.2f}%, test acc {100 * m['test_acc']:.2f}%")
