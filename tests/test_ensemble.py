@@ -105,12 +105,16 @@ def test_the_members_form_trains_members_of_different_recipes(tmp_path):
     assert api.Recognizer(out).predict(bar).digit in range(10)
 
 
-def test_jobs_trains_members_side_by_side_into_the_same_members(tmp_path):
+def test_jobs_trains_members_side_by_side_into_the_same_members(tmp_path, capsys):
     """--jobs 2 trains the two members in two processes at once; at the same thread count each
     member is the one a run of its own gives (training is deterministic per thread count)."""
-    common = ["--preset", "recognize-smoke", "--seeds", "0", "1", "--set", "epochs=1", "--quiet"]
-    assert main(["ensemble", *common, "--out", str(tmp_path / "one")]) == 0
+    common = ["--preset", "recognize-smoke", "--seeds", "0", "1", "--set", "epochs=1"]
+    assert main(["ensemble", *common, "--quiet", "--out", str(tmp_path / "one")]) == 0
+    capsys.readouterr()
     assert main(["ensemble", *common, "--jobs", "2", "--out", str(tmp_path / "two")]) == 0
+    lines = capsys.readouterr().out.splitlines()  # no interleaved per-epoch lines: one per member
+    assert lines[0].startswith("training 2 members, up to 2 at once") and len(lines) == 4
+    assert lines[1].startswith(f"{tmp_path / 'two' / 'members' / 's0'}: val acc ")
     for seed in (0, 1):
         one = safetensors.torch.load_file(tmp_path / "one" / "members" / f"s{seed}" / "model.safetensors")
         two = safetensors.torch.load_file(tmp_path / "two" / "members" / f"s{seed}" / "model.safetensors")
