@@ -52,6 +52,9 @@ def train_members(members: list[tuple[str, int]], out: str | Path, quiet: bool =
         for cfg, path in zip(cfgs, paths):
             _train_member(cfg.to_dict(), path, quiet)
         return paths
+    if not quiet:  # in place of the members' per-epoch lines, which would interleave
+        print(f"training {len(members)} members, up to {jobs} at once in separate processes; "
+              f"per-epoch figures in {Path(out) / 'members'}/*/history.jsonl", flush=True)
     with ProcessPoolExecutor(jobs, mp_context=multiprocessing.get_context("spawn")) as pool:
         for done in [pool.submit(_train_member, cfg.to_dict(), path, True) for cfg, path in zip(cfgs, paths)]:
             done.result()  # re-raises a member's error here

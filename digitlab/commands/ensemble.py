@@ -54,9 +54,6 @@ def run(args) -> int:
         if args.data_dir:
             settings["data_dir"] = args.data_dir
         specs = [(args.preset, s) for s in args.seeds or [0, 1, 2]] if args.preset else _members(args.members)
-        if args.jobs > 1 and not args.quiet:  # the members' own per-epoch lines would interleave
-            print(f"training {len(specs)} members, up to {args.jobs} at once in separate processes; "
-                  f"per-epoch figures in {args.out}/members/*/history.jsonl", flush=True)
         members = ensemble.train_members(specs, args.out, args.quiet, args.jobs, **settings)
         if args.jobs > 1 and not args.quiet:
             for member in members:
