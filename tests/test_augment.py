@@ -308,7 +308,7 @@ def test_fill_stretches_the_ink_to_the_square_as_a_size_normalised_scan_looks_af
         a = img[0].numpy()
         rows, cols = np.nonzero(a > 0.2 * a.max())
         crop = a[rows.min():rows.max() + 1, cols.min():cols.max() + 1]
-        return np.asarray(Image.fromarray(crop).resize((20, 20), Image.Resampling.BILINEAR))
+        return np.array(Image.fromarray(crop).resize((20, 20), Image.Resampling.BILINEAR))  # a writable copy for torch
     target = _fitted(torch.stack([torch.from_numpy(stretched(d)) for d in digits])[:, None])
     filled = augment(digits, AugmentConfig(fill_p=1.0), gen())
     assert (digits - target).abs().mean() > 0.05  # narrow digits (a 1) change a lot
