@@ -50,25 +50,28 @@ def train_members(members: list[tuple[str, int]], out: str | Path, quiet: bool =
     paths = [Path(out) / "members" / name for name in names]
     if jobs == 1:
         for cfg, path in zip(cfgs, paths):
-            _train_member(cfg.to_dict(), path, quiet)
+            _train_member(cfg, path, quiet)
         return paths
     if not quiet:  # in place of the members' per-epoch lines, which would interleave
         print(f"training {len(members)} members, up to {jobs} at once in separate processes; "
               f"per-epoch figures in {Path(out) / 'members'}/*/history.jsonl", flush=True)
     with ProcessPoolExecutor(jobs, mp_context=multiprocessing.get_context("spawn")) as pool:
-        for done in [pool.submit(_train_member, cfg.to_dict(), path, True) for cfg, path in zip(cfgs, paths)]:
+        for done in [pool.submit(_train_member, cfg, path, True) for cfg, path in zip(cfgs, paths)]:
             done.result()  # re-raises a member's error here
+    if not quiet:
+        for path in paths:
+            m = runfolder.read_metrics(path)
+            print(f"{path}: val acc {100 * m['val_acc']:.2f}%, test acc {100 * m['test_acc']:.2f}%")
     return paths
 
 
-def _train_member(cfg: dict, path: Path, quiet: bool) -> None:
-    """One member, resumed when its folder already holds a run; a function of plain data, so that
-    a worker process can run it."""
-    from digitlab.config import TrainConfig
+def _train_member(cfg, path: Path, quiet: bool) -> None:
+    """One member (a TrainConfig), resumed when its folder already holds a run; at module level so
+    that a worker process can run it."""
     from digitlab.engine import loop
 
     path.mkdir(parents=True, exist_ok=True)
-    loop.train(TrainConfig.from_dict(cfg), run_dir=path, resume=(path / "config.json").is_file(), quiet=quiet)
+    loop.train(cfg, run_dir=path, resume=(path / "config.json").is_file(), quiet=quiet)
 
 
 def combine(runs: list[str | Path], out: str | Path, data_dir: str | None = None) -> Path:

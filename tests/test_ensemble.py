@@ -124,7 +124,7 @@ def test_jobs_trains_members_side_by_side_into_the_same_members(tmp_path, capsys
 
 def test_jobs_share_the_cores_unless_threads_are_set(tmp_path, monkeypatch):
     seen = []
-    monkeypatch.setattr(ensemble, "_train_member", lambda cfg, path, quiet: seen.append(cfg["threads"]))
+    monkeypatch.setattr(ensemble, "_train_member", lambda cfg, path, quiet: seen.append(cfg.threads))
     monkeypatch.setattr(ensemble, "ProcessPoolExecutor", _InlinePool)
     monkeypatch.setattr(ensemble.os, "cpu_count", lambda: 8)
     ensemble.train_members([("recognize-smoke", 0), ("recognize-smoke", 1)], tmp_path / "a", jobs=2)

@@ -55,10 +55,6 @@ def run(args) -> int:
             settings["data_dir"] = args.data_dir
         specs = [(args.preset, s) for s in args.seeds or [0, 1, 2]] if args.preset else _members(args.members)
         members = ensemble.train_members(specs, args.out, args.quiet, args.jobs, **settings)
-        if args.jobs > 1 and not args.quiet:
-            for member in members:
-                m = runfolder.read_metrics(member)
-                print(f"{member}: val acc {100 * m['val_acc']:.2f}%, test acc {100 * m['test_acc']:.2f}%")
     out = ensemble.combine(members, args.out, args.data_dir)
     m = runfolder.read_metrics(out)
     print(f"{out}: {len(members)} members, val acc {100 * m['val_acc']:.2f}%, test acc {100 * m['test_acc']:.2f}%")
